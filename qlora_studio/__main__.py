@@ -1,0 +1,3 @@
+from qlora_studio.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,340 @@
+"""The configuration of one fine-tuning run: dataclasses, validation, YAML round trip.
+
+stdlib + yaml only: the GUI and the CLI import this without loading torch.
+Every field has a default and a help text (``field(metadata={"help": ...})``); ``validate()``
+raises :class:`ConfigError` naming the field at fault and, for choices, the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS = ("full", "lora", "qlora")
+DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
+CHAT_TEMPLATES = ("auto", "tokenizer", "gemma", "chatml", "llama3", "alpaca", "plain")
+TRAIN_ON = ("completions", "all")
+QUANT_TYPES = ("nf4", "fp4")
+COMPUTE_DTYPES = ("auto", "bf16", "fp16", "fp32")
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong. ``field`` is the dotted name of the field at fault."""
+
+    def __init__(self, field_name: str, message: str, hint: str = ""):
+        self.field = field_name
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{field_name}: {message}" + (f" ({hint})" if hint else ""))
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+def _choice(section: str, name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{section}.{name}",
+            f"{value!r} is not allowed",
+            "allowed values: " + ", ".join(allowed),
+        )
+
+
+def _positive(section: str, name: str, value: Any, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        need = "zero or more" if allow_zero else "more than zero"
+        raise ConfigError(f"{section}.{name}", f"{value!r} must be a number {need}")
+
+
+@dataclass
+class ModelConfig:
+    source: str = _help(
+        "demo",
+        "'demo' (Gemma 3 270M), a local Hugging Face folder, a .gguf file, or a hub id",
+    )
+    allow_pickle: bool = _help(False, "allow .bin/.pt pickle weights (they can run code)")
+    trust_remote_code: bool = _help(False, "allow a model's own Python code from its folder")
+
+    def validate(self) -> None:
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ConfigError("model.source", "is empty", "use 'demo', a folder, a .gguf or a hub id")
+
+
+@dataclass
+class DataConfig:
+    path: str = _help("", "training data: .jsonl .json .csv .tsv .parquet .txt, a folder or a hub id")
+    format: str = _help("auto", "row format; 'auto' detects it from the columns")
+    columns: dict[str, str] = _help(
+        None, "map our names to yours, e.g. {prompt: question, completion: answer}", factory=dict
+    )
+    chat_template: str = _help(
+        "auto", "'auto' = the tokenizer's template, or a fallback chosen for the model"
+    )
+    max_length: int = _help(512, "tokens per example after templating; longer rows are truncated")
+    validation_split: float = _help(0.1, "share of rows held out for evaluation (0 = none)")
+    eval_path: str = _help("", "a separate validation file (overrides validation_split)")
+    train_on: str = _help("completions", "'completions' = loss on answers only; 'all' = every token")
+    system_prompt: str = _help("", "system message added to conversations that have none")
+
+    def validate(self) -> None:
+        if not isinstance(self.path, str) or not self.path.strip():
+            raise ConfigError("data.path", "is empty", "point it at a dataset file or folder")
+        _choice("data", "format", self.format, DATA_FORMATS)
+        _choice("data", "train_on", self.train_on, TRAIN_ON)
+        if not isinstance(self.chat_template, str) or not self.chat_template:
+            raise ConfigError(
+                "data.chat_template", "is empty", "allowed: " + ", ".join(CHAT_TEMPLATES)
+            )
+        if self.chat_template not in CHAT_TEMPLATES and "{%" not in self.chat_template:
+            raise ConfigError(
+                "data.chat_template",
+                f"{self.chat_template!r} is not a known template",
+                "allowed values: " + ", ".join(CHAT_TEMPLATES) + ", or a Jinja template string",
+            )
+        if not isinstance(self.columns, dict):
+            raise ConfigError("data.columns", "must be a mapping", "e.g. {prompt: question}")
+        if not isinstance(self.max_length, int) or self.max_length < 8:
+            raise ConfigError("data.max_length", f"{self.max_length!r} must be an integer >= 8")
+        vs = self.validation_split
+        if not isinstance(vs, (int, float)) or not 0 <= vs < 1:
+            raise ConfigError("data.validation_split", f"{vs!r} must be in [0, 1)")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _help(16, "adapter rank; memory and capacity grow with it")
+    alpha: int = _help(32, "scaling numerator (update is scaled by alpha/r); usually 2*r")
+    dropout: float = _help(0.05, "dropout on the adapter input")
+    target_modules: list[str] | str = _help(
+        "all-linear", "'all-linear' or a list such as [q_proj, k_proj, v_proj, o_proj]"
+    )
+    use_rslora: bool = _help(False, "rank-stabilised scaling alpha/sqrt(r)")
+    use_dora: bool = _help(False, "weight-decomposed LoRA (slower, more memory)")
+
+    def validate(self) -> None:
+        if not isinstance(self.r, int) or self.r < 1:
+            raise ConfigError("lora.r", f"{self.r!r} must be an integer >= 1", "try 8, 16 or 32")
+        _positive("lora", "alpha", self.alpha)
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError("lora.dropout", f"{self.dropout!r} must be in [0, 1)")
+        tm = self.target_modules
+        if isinstance(tm, str):
+            if tm != "all-linear":
+                raise ConfigError(
+                    "lora.target_modules", f"{tm!r} is not allowed", "'all-linear' or a list"
+                )
+        elif not (isinstance(tm, list) and tm and all(isinstance(t, str) and t for t in tm)):
+            raise ConfigError("lora.target_modules", "must be 'all-linear' or a list of names")
+
+
+@dataclass
+class QuantConfig:
+    quant_type: str = _help("nf4", "4-bit data type of the frozen base: nf4 (paper) or fp4")
+    double_quant: bool = _help(True, "quantize the quantization constants too (~0.37 bit/param)")
+    compute_dtype: str = _help("auto", "dtype of the dequantized matmuls; auto = bf16 on GPU, fp32 on CPU")
+
+    def validate(self) -> None:
+        _choice("quant", "quant_type", self.quant_type, QUANT_TYPES)
+        _choice("quant", "compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+        if not isinstance(self.double_quant, bool):
+            raise ConfigError("quant.double_quant", f"{self.double_quant!r} must be true or false")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = _help(1.0, "passes over the data (ignored when max_steps > 0)")
+    max_steps: int = _help(0, "optimizer steps to run; 0 = use epochs")
+    batch_size: int = _help(4, "examples per device step; activation memory grows with it")
+    grad_accum: int = _help(1, "steps accumulated per optimizer step (effective batch multiplier)")
+    lr: float = _help(2e-4, "peak learning rate; 1e-4..3e-4 for LoRA, ~1e-5 for full")
+    scheduler: str = _help("cosine", "learning-rate schedule after warmup")
+    warmup_ratio: float = _help(0.03, "share of steps spent warming the learning rate up")
+    weight_decay: float = _help(0.0, "AdamW weight decay")
+    max_grad_norm: float = _help(1.0, "gradient clipping")
+    optimizer: str = _help("paged_adamw_8bit", "8-bit/paged optimizers keep Adam state small")
+    gradient_checkpointing: bool = _help(True, "recompute activations: far less memory, ~30% slower")
+    seed: int = _help(42, "random seed for data order and adapter init")
+    logging_steps: int = _help(1, "report loss every N steps")
+    eval_steps: int = _help(0, "evaluate every N steps; 0 = at the end only")
+    save_steps: int = _help(50, "checkpoint every N steps (a stopped run resumes from the last)")
+    save_total_limit: int = _help(2, "checkpoints kept on disk")
+    device: str = _help("auto", "'auto' (cuda if present), 'cuda' or 'cpu'")
+
+    def validate(self) -> None:
+        _positive("train", "epochs", self.epochs)
+        for name in ("max_steps", "eval_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"train.{name}", f"{value!r} must be an integer >= 0")
+        for name in ("batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"train.{name}", f"{value!r} must be an integer >= 1")
+        _positive("train", "lr", self.lr)
+        _choice("train", "scheduler", self.scheduler, SCHEDULERS)
+        _choice("train", "optimizer", self.optimizer, OPTIMIZERS)
+        _choice("train", "device", self.device, ("auto", "cuda", "cpu"))
+        if not isinstance(self.warmup_ratio, (int, float)) or not 0 <= self.warmup_ratio < 1:
+            raise ConfigError("train.warmup_ratio", f"{self.warmup_ratio!r} must be in [0, 1)")
+        _positive("train", "weight_decay", self.weight_decay, allow_zero=True)
+        _positive("train", "max_grad_norm", self.max_grad_norm, allow_zero=True)
+
+
+@dataclass
+class OutputConfig:
+    dir: str = _help("runs", "folder that holds the run folders")
+    name: str = _help("", "run folder name; empty = method + timestamp")
+
+    def validate(self) -> None:
+        if not isinstance(self.dir, str) or not self.dir.strip():
+            raise ConfigError("output.dir", "is empty", "e.g. runs")
+        if "/" in self.name or "\\" in self.name:
+            raise ConfigError("output.name", f"{self.name!r} must be a plain folder name")
+
+
+@dataclass
+class RunConfig:
+    method: str = _help("qlora", "full | lora | qlora")
+    model: ModelConfig = _help(None, "the base model", factory=ModelConfig)
+    data: DataConfig = _help(None, "the dataset", factory=DataConfig)
+    lora: LoraConfig = _help(None, "LoRA adapter (lora and qlora)", factory=LoraConfig)
+    quant: QuantConfig = _help(None, "4-bit base (qlora only)", factory=QuantConfig)
+    train: TrainConfig = _help(None, "optimisation", factory=TrainConfig)
+    output: OutputConfig = _help(None, "where runs are written", factory=OutputConfig)
+
+    def validate(self) -> RunConfig:
+        _choice("run", "method", self.method, METHODS)
+        for section in SECTIONS:
+            getattr(self, section).validate()
+        return self
+
+    # ---- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        if not isinstance(data, dict):
+            raise ConfigError("run", "the config must be a mapping of sections")
+        unknown = set(data) - {"method", *SECTIONS}
+        if unknown:
+            raise ConfigError(
+                sorted(unknown)[0],
+                "is not a config section",
+                "sections: method, " + ", ".join(SECTIONS),
+            )
+        kwargs: dict[str, Any] = {}
+        if "method" in data:
+            kwargs["method"] = data["method"]
+        for section, section_cls in SECTIONS.items():
+            values = data.get(section) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(section, "must be a mapping of fields")
+            names = {f.name for f in dataclasses.fields(section_cls)}
+            for key in values:
+                if key not in names:
+                    raise ConfigError(
+                        f"{section}.{key}", "is not a known field", "fields: " + ", ".join(sorted(names))
+                    )
+            defaults = section_cls()
+            coerced = {k: _coerce_like(getattr(defaults, k), v) for k, v in values.items()}
+            kwargs[section] = section_cls(**coerced)
+        return cls(**kwargs).validate()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> RunConfig:
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError("run", f"the file is not valid YAML: {exc}") from exc
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError("run", f"cannot read {path}: {exc.strerror or exc}") from exc
+        if path.suffix.lower() == ".json":
+            try:
+                return cls.from_dict(json.loads(text))
+            except json.JSONDecodeError as exc:
+                raise ConfigError("run", f"{path} is not valid JSON: {exc}") from exc
+        return cls.from_yaml(text)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_yaml(), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    def with_overrides(self, assignments: list[str]) -> RunConfig:
+        """Apply ``section.field=value`` strings (values parsed as YAML scalars) and revalidate."""
+        data = self.to_dict()
+        for item in assignments:
+            key, sep, raw = item.partition("=")
+            key = key.strip()
+            if not sep or not key:
+                raise ConfigError(item, "an override must look like section.field=value")
+            value = yaml.safe_load(raw) if raw.strip() else ""
+            parts = key.split(".")
+            if parts == ["method"]:
+                data["method"] = value
+                continue
+            if len(parts) != 2 or parts[0] not in SECTIONS:
+                raise ConfigError(key, "is not a known field", "use section.field, e.g. train.lr")
+            section, name = parts
+            if name not in data[section]:
+                names = ", ".join(sorted(data[section]))
+                raise ConfigError(key, "is not a known field", f"fields of {section}: {names}")
+            data[section][name] = _coerce_like(data[section][name], value)
+        return RunConfig.from_dict(data)
+
+
+def _coerce_like(current: Any, value: Any) -> Any:
+    """Keep `--set train.lr=1e-4` a float and `train.epochs=2` a float where the field is one."""
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(current, float) and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(current, str) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "lora": LoraConfig,
+    "quant": QuantConfig,
+    "train": TrainConfig,
+    "output": OutputConfig,
+}
+
+
+def field_help(section: str, name: str) -> str:
+    """The help text of ``section.name`` (used for tooltips and YAML comments)."""
+    for f in dataclasses.fields(SECTIONS[section]):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(f"{section}.{name}")

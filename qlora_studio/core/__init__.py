@@ -1,0 +1,1 @@
+"""The engine. Never imports Qt; heavy libraries are imported inside functions."""
