@@ -35,7 +35,7 @@ class ConfigError(ValueError):
         super().__init__(f"{field_name}: {message}" + (f" ({hint})" if hint else ""))
 
 
-def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
+def _help(default: Any, text: str, factory: Any = dataclasses.MISSING):
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata={"help": text})
     return field(default=default, metadata={"help": text})
@@ -272,10 +272,32 @@ class RunConfig:
             raise ConfigError("run", f"cannot read {path}: {exc.strerror or exc}") from exc
         if path.suffix.lower() == ".json":
             try:
-                return cls.from_dict(json.loads(text))
+                cfg = cls.from_dict(json.loads(text))
             except json.JSONDecodeError as exc:
                 raise ConfigError("run", f"{path} is not valid JSON: {exc}") from exc
-        return cls.from_yaml(text)
+        else:
+            cfg = cls.from_yaml(text)
+        return cfg.resolve_paths(path.resolve().parent)
+
+    def resolve_paths(self, config_dir: Path) -> RunConfig:
+        """Make relative data and model paths absolute: relative to the working folder when
+        they exist there, else to the config file's folder, else to the resources' parent
+        (so shipped configs work from any folder). Hub ids and 'demo' are left alone."""
+        from qlora_studio.resources import resources_dir
+
+        def resolve(value: str) -> str:
+            if not value or Path(value).is_absolute():
+                return value
+            for base in (Path.cwd(), config_dir, resources_dir().parent):
+                candidate = base / value
+                if candidate.exists():
+                    return str(candidate.resolve())
+            return value
+
+        self.data.path = resolve(self.data.path)
+        self.data.eval_path = resolve(self.data.eval_path)
+        self.model.source = resolve(self.model.source)
+        return self
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

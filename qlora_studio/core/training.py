@@ -1,0 +1,612 @@
+"""One fine-tuning run, full / LoRA / QLoRA, as a recipe with explicit phases.
+
+setup (model source, tokenizer, dataset, run folder, model) -> train (transformers.Trainer with
+an event callback) -> save (adapter or model, summary) -> cleanup. The dataset is checked before
+the run folder exists, so bad data never leaves a half-made run behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from qlora_studio.config import RunConfig
+from qlora_studio.core.errors import Cancelled, StudioError, TrainingError
+from qlora_studio.core.events import (
+    JsonLinesReporter,
+    NullReporter,
+    Reporter,
+    TeeReporter,
+    make_event,
+)
+
+CONFIG_FILE = "config.yaml"
+EVENTS_FILE = "events.jsonl"
+SUMMARY_FILE = "run.json"
+CHECKPOINTS = "checkpoints"
+ADAPTER = "adapter"
+FULL_MODEL = "model"
+
+OPTIMIZER_NAMES = {  # our names -> transformers' OptimizerNames
+    "adamw_torch": "adamw_torch",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+    "paged_adamw_32bit": "paged_adamw_32bit",
+    "sgd": "sgd",
+}
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run left behind."""
+
+    run_dir: Path
+    status: str  # "done" | "cancelled"
+    step: int
+    total_steps: int
+    output_dir: Path  # the adapter folder (lora/qlora) or the model folder (full)
+    checkpoint: Path | None
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    final_loss: float | None = None
+    eval_loss: float | None = None
+    runtime_s: float = 0.0
+
+
+def pick_device(requested: str = "auto") -> str:
+    """'cuda' when asked for (or auto and available), else 'cpu'."""
+    import torch
+
+    if requested == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if requested == "cuda":
+        raise TrainingError(
+            "train.device is 'cuda' but PyTorch sees no CUDA GPU",
+            "install a CUDA build of torch, or set train.device: auto to train on the CPU",
+        )
+    return "cpu"
+
+
+def compute_dtype_name(requested: str, device: str) -> str:
+    """Resolve 'auto': bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU
+    (bf16 compute on the CPU made the loss climb where fp32 learned)."""
+    if requested != "auto":
+        return requested
+    if device == "cpu":
+        return "fp32"
+    import torch
+
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def make_run_dir(cfg: RunConfig) -> Path:
+    """A new, empty run folder under ``output.dir`` (name or method + timestamp)."""
+    root = Path(cfg.output.dir).expanduser()
+    name = cfg.output.name or f"{cfg.method}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = root / name
+    suffix = 1
+    while run_dir.exists() and any(run_dir.iterdir()):
+        suffix += 1
+        run_dir = root / f"{name}-{suffix}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint folder with the highest step in ``run_dir/checkpoints``, or None."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return None
+    found = []
+    for child in folder.iterdir():
+        step = child.name.removeprefix("checkpoint-")
+        if child.is_dir() and step.isdigit() and (child / "trainer_state.json").exists():
+            found.append((int(step), child))
+    return max(found)[1] if found else None
+
+
+class FineTuneRecipe:
+    """A fine-tuning run. Use :func:`run_training` unless you need the phases one by one."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        reporter: Reporter | None = None,
+        cancel: threading.Event | None = None,
+        run_dir: Path | None = None,
+        resume: bool = False,
+    ):
+        self.cfg = cfg.validate()
+        self.screen = reporter or NullReporter()
+        self.reporter: Reporter = self.screen
+        self.cancel = cancel or threading.Event()
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.resume = resume
+        self._events_file = None
+        self.model = None
+        self.tokenizer = None
+        self.prepared = None
+        self.model_dir: Path | None = None
+        self.device = "cpu"
+
+    # ---- phases ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        from qlora_studio.core.data import prepare_dataset
+        from qlora_studio.core.models import load_tokenizer, resolve_model
+
+        cfg = self.cfg
+        self.device = pick_device(cfg.train.device)
+        self._status(f"Preparing the model source '{cfg.model.source}'")
+        self.model_dir = resolve_model(
+            cfg.model.source,
+            allow_pickle=cfg.model.allow_pickle,
+            trust_remote_code=cfg.model.trust_remote_code,
+            reporter=self.reporter,
+        )
+        self._check_cancel()
+        self.tokenizer = load_tokenizer(self.model_dir, trust_remote_code=cfg.model.trust_remote_code)
+        model_type = _model_type(self.model_dir)
+        self._status(f"Reading the dataset {cfg.data.path}")
+        self.prepared = prepare_dataset(
+            cfg.data, self.tokenizer, model_type=model_type, seed=cfg.train.seed, reporter=self.reporter
+        )
+        stats = self.prepared.stats
+        self._status(
+            f"Dataset: {stats.train_rows} training / {stats.eval_rows} validation rows, "
+            f"format {stats.format}, template {stats.template}, "
+            f"{stats.truncated_rows} truncated at {stats.max_length} tokens"
+        )
+        self._check_cancel()
+        self._open_run_dir()
+        self._status(f"Loading the model for {cfg.method} on {self.device}")
+        self.model = self._setup_model()
+        self._check_cancel()
+
+    def train(self) -> TrainResult:
+        from qlora_studio.core.data import PaddingCollator
+
+        cfg = self.cfg
+        trainer_cls, args = self._training_arguments()
+        callback = _make_event_callback_class()(self.reporter, self.cancel, self.device, self.run_dir)
+        trainer = trainer_cls(
+            model=self.model,
+            args=args,
+            train_dataset=_ListDataset(self.prepared.train),
+            eval_dataset=_ListDataset(self.prepared.eval) if self.prepared.eval else None,
+            data_collator=PaddingCollator(self.tokenizer.pad_token_id),
+            callbacks=[callback],
+        )
+        checkpoint = last_checkpoint(self.run_dir) if self.resume else None
+        if self.resume and checkpoint is None:
+            self._status("No checkpoint found in the run folder: starting from step 0")
+        elif checkpoint is not None:
+            self._status(f"Resuming from {checkpoint.name}")
+        started = time.time()
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except Exception as exc:  # turn the common failures into a message with a hint
+            raise _explain_training_error(exc, callback.step) from exc
+        eval_loss = None
+        if self.prepared.eval and not callback.cancelled:
+            self._status("Evaluating on the validation rows")
+            metrics = trainer.evaluate()
+            eval_loss = metrics.get("eval_loss")
+            if eval_loss is not None:
+                self.reporter.emit(
+                    make_event("metrics", step=trainer.state.global_step, eval_loss=float(eval_loss))
+                )
+        self.trainer = trainer
+        status = "cancelled" if callback.cancelled else "done"
+        return TrainResult(
+            run_dir=self.run_dir,
+            status=status,
+            step=int(trainer.state.global_step),
+            total_steps=int(trainer.state.max_steps),
+            output_dir=self.run_dir / (FULL_MODEL if cfg.method == "full" else ADAPTER),
+            checkpoint=last_checkpoint(self.run_dir),
+            losses=callback.losses,
+            final_loss=callback.losses[-1][1] if callback.losses else None,
+            eval_loss=float(eval_loss) if eval_loss is not None else None,
+            runtime_s=time.time() - started,
+        )
+
+    def save(self, result: TrainResult) -> None:
+        from qlora_studio.core.export import save_trained
+
+        self._status(f"Saving the {'model' if self.cfg.method == 'full' else 'adapter'}")
+        save_trained(
+            self.model,
+            self.tokenizer,
+            self.cfg,
+            result.output_dir,
+            base_model_dir=self.model_dir,
+            summary=self._summary(result),
+        )
+        _write_json(self.run_dir / SUMMARY_FILE, self._summary(result))
+
+    def cleanup(self) -> None:
+        self.model = None
+        self.trainer = None
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+        if self._events_file is not None:
+            self._events_file.close()
+            self._events_file = None
+
+    # ---- builders -------------------------------------------------------------------------
+    def _open_run_dir(self) -> None:
+        if self.run_dir is None:
+            self.run_dir = make_run_dir(self.cfg)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.resume:
+            self.cfg.save(self.run_dir / CONFIG_FILE)
+        self._events_file = open(self.run_dir / EVENTS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+        self.reporter = TeeReporter(self.screen, JsonLinesReporter(self._events_file))
+        self._status(f"Run folder: {self.run_dir}")
+
+    def _setup_model(self):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        cfg = self.cfg
+        method = cfg.method
+        compute = compute_dtype_name(cfg.quant.compute_dtype, self.device)
+        kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
+        if method == "qlora":
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=cfg.quant.quant_type,
+                bnb_4bit_use_double_quant=cfg.quant.double_quant,
+                bnb_4bit_compute_dtype=_torch_dtype(compute),
+            )
+            kwargs["dtype"] = _torch_dtype(compute)
+            kwargs["device_map"] = {"": self.device}
+        elif method == "lora":
+            kwargs["dtype"] = _torch_dtype(compute)
+        else:  # full: fp32 master weights; the GPU adds bf16/fp16 autocast on top
+            kwargs["dtype"] = torch.float32
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), **kwargs)
+        except Exception as exc:
+            raise _explain_load_error(exc, self.model_dir) from exc
+        if method != "qlora":
+            model.to(self.device)
+        model.config.use_cache = False
+        if method == "full":
+            return model
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if method == "qlora":
+            model = prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=cfg.train.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        elif cfg.train.gradient_checkpointing:
+            model.enable_input_require_grads()
+        lora = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules,
+            use_rslora=cfg.lora.use_rslora,
+            use_dora=cfg.lora.use_dora,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        try:
+            model = get_peft_model(model, lora)
+        except ValueError as exc:
+            raise TrainingError(
+                f"LoRA could not be attached: {exc}",
+                "check lora.target_modules against `qlora-studio inspect-model` (or use all-linear)",
+            ) from exc
+        trainable, total = model.get_nb_trainable_parameters()
+        self._status(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+        return model
+
+    def _training_arguments(self):
+        from transformers import Trainer, TrainingArguments
+
+        cfg = self.cfg
+        t = cfg.train
+        mixed = {}
+        if self.device == "cuda" and cfg.method != "qlora":
+            mixed = {"bf16": True} if compute_dtype_name("auto", "cuda") == "bf16" else {"fp16": True}
+        has_eval = bool(self.prepared.eval)
+        args = TrainingArguments(
+            output_dir=str(self.run_dir / CHECKPOINTS),
+            num_train_epochs=float(t.epochs),
+            max_steps=t.max_steps if t.max_steps > 0 else -1,
+            per_device_train_batch_size=t.batch_size,
+            per_device_eval_batch_size=t.batch_size,
+            gradient_accumulation_steps=t.grad_accum,
+            learning_rate=t.lr,
+            lr_scheduler_type=t.scheduler,
+            warmup_steps=float(t.warmup_ratio),
+            weight_decay=t.weight_decay,
+            max_grad_norm=t.max_grad_norm,
+            optim=OPTIMIZER_NAMES[t.optimizer],
+            gradient_checkpointing=t.gradient_checkpointing and cfg.method != "qlora",
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+            seed=t.seed,
+            data_seed=t.seed,
+            logging_steps=t.logging_steps,
+            logging_first_step=True,
+            eval_strategy="steps" if has_eval and t.eval_steps > 0 else "no",
+            eval_steps=t.eval_steps or None,
+            save_strategy="steps",
+            save_steps=t.save_steps,
+            save_total_limit=t.save_total_limit,
+            use_cpu=self.device == "cpu",
+            report_to="none",
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            include_num_input_tokens_seen="non_padding",
+            dataloader_pin_memory=self.device == "cuda",
+            **mixed,
+        )
+        return Trainer, args
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _summary(self, result: TrainResult) -> dict[str, Any]:
+        stats = self.prepared.stats
+        return {
+            "status": result.status,
+            "method": self.cfg.method,
+            "model_source": self.cfg.model.source,
+            "model_dir": str(self.model_dir),
+            "step": result.step,
+            "total_steps": result.total_steps,
+            "final_loss": result.final_loss,
+            "first_loss": result.losses[0][1] if result.losses else None,
+            "eval_loss": result.eval_loss,
+            "runtime_s": round(result.runtime_s, 1),
+            "template": self.prepared.template,
+            "chat_template": self.prepared.chat_template,
+            "eos_token": self.tokenizer.eos_token,
+            "dataset": self.cfg.data.path,
+            "format": stats.format,
+            "train_rows": stats.train_rows,
+            "eval_rows": stats.eval_rows,
+            "device": self.device,
+            "output_dir": str(result.output_dir),
+            "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        }
+
+    def _status(self, message: str) -> None:
+        self.reporter.emit(make_event("status", message=message))
+
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled("Stopped before training started", "nothing was trained")
+
+
+def run_training(
+    cfg: RunConfig,
+    *,
+    reporter: Reporter | None = None,
+    cancel: threading.Event | None = None,
+    run_dir: Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Run (or resume) a fine-tune end to end and report its events; return what it left.
+
+    Raises StudioError subclasses with a message and a hint; ``Cancelled`` only when stopped
+    before the first step (a stop during training returns a result with status 'cancelled').
+    """
+    recipe = FineTuneRecipe(cfg, reporter=reporter, cancel=cancel, run_dir=run_dir, resume=resume)
+    try:
+        recipe.setup()
+        result = recipe.train()
+        recipe.save(result)
+        if result.status == "cancelled":
+            recipe.reporter.emit(
+                make_event(
+                    "cancelled",
+                    step=result.step,
+                    checkpoint=str(result.checkpoint) if result.checkpoint else "",
+                )
+            )
+        else:
+            recipe.reporter.emit(
+                make_event(
+                    "done",
+                    step=result.step,
+                    run_dir=str(result.run_dir),
+                    adapter_dir=str(result.output_dir),
+                    final_loss=result.final_loss,
+                    runtime_s=round(result.runtime_s, 2),
+                )
+            )
+        return result
+    except StudioError as exc:
+        if recipe.run_dir is not None and not isinstance(exc, Cancelled):
+            _write_json(recipe.run_dir / SUMMARY_FILE, {"status": "failed", "error": exc.message})
+        raise
+    finally:
+        recipe.cleanup()
+
+
+def resume_training(
+    run_dir: Path,
+    *,
+    reporter: Reporter | None = None,
+    cancel: threading.Event | None = None,
+    overrides: list[str] | None = None,
+) -> TrainResult:
+    """Continue the run in ``run_dir`` from its last checkpoint with its saved config."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.exists():
+        raise TrainingError(
+            f"{run_dir} is not a run folder (no {CONFIG_FILE})",
+            "pass the folder that `qlora-studio train` printed as 'Run folder'",
+        )
+    cfg = RunConfig.load(config_path)
+    if overrides:
+        cfg = cfg.with_overrides(overrides)
+    return run_training(cfg, reporter=reporter, cancel=cancel, run_dir=run_dir, resume=True)
+
+
+# ---- Trainer glue ---------------------------------------------------------------------------
+class _ListDataset:
+    """A list of tokenized examples as a map-style dataset."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.rows[index]
+
+
+def _make_event_callback_class():
+    from transformers import TrainerCallback
+
+    class _EventCallback(TrainerCallback):
+        """Turns Trainer hooks into events; stops (with a checkpoint) when cancel is set."""
+
+        def __init__(self, reporter: Reporter, cancel: threading.Event, device: str, run_dir: Path):
+            self.reporter = reporter
+            self.cancel = cancel
+            self.device = device
+            self.run_dir = run_dir
+            self.cancelled = False
+            self.step = 0
+            self.losses: list[tuple[int, float]] = []
+            self._t0 = None
+            self._start_step = 0
+            self._tokens0 = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._t0 = time.time()
+            self._start_step = state.global_step
+            self._tokens0 = state.num_input_tokens_seen or 0
+            self.step = state.global_step
+            self.reporter.emit(
+                make_event(
+                    "status",
+                    message=f"Training: {state.max_steps} steps"
+                    + (f", from step {state.global_step}" if state.global_step else ""),
+                )
+            )
+
+        def on_step_end(self, args, state, control, **kwargs):
+            from qlora_studio.core.gpu import memory_snapshot
+
+            self.step = state.global_step
+            elapsed = max(time.time() - (self._t0 or time.time()), 1e-9)
+            done = state.global_step - self._start_step
+            tokens = (state.num_input_tokens_seen or 0) - self._tokens0
+            per_step = elapsed / max(done, 1)
+            self.reporter.emit(
+                make_event(
+                    "progress",
+                    step=state.global_step,
+                    total=state.max_steps,
+                    epoch=float(state.epoch or 0.0),
+                    eta_s=round(per_step * (state.max_steps - state.global_step), 1),
+                    tokens_per_s=round(tokens / elapsed, 1),
+                )
+            )
+            if state.global_step % max(args.logging_steps, 1) == 0 or state.global_step == 1:
+                self.reporter.emit(make_event("memory", **memory_snapshot(self.device, state.global_step)))
+            if self.cancel.is_set() and not self.cancelled:
+                self.cancelled = True
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            fields = {}
+            for key, name in (("loss", "loss"), ("eval_loss", "eval_loss"),
+                              ("learning_rate", "lr"), ("grad_norm", "grad_norm")):
+                value = logs.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    fields[name] = float(value)
+            if "loss" in fields:
+                self.losses.append((state.global_step, fields["loss"]))
+            if fields and "eval_loss" not in fields:
+                fields["epoch"] = float(state.epoch or 0.0)
+                self.reporter.emit(make_event("metrics", step=state.global_step, **fields))
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            value = (metrics or {}).get("eval_loss")
+            if isinstance(value, (int, float)) and state.global_step < state.max_steps:
+                self.reporter.emit(make_event("metrics", step=state.global_step, eval_loss=float(value)))
+
+        def on_save(self, args, state, control, **kwargs):
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            self.reporter.emit(make_event("checkpoint", step=state.global_step, path=str(path)))
+
+    return _EventCallback
+
+
+# ---- errors a user can cause ----------------------------------------------------------------
+def _explain_training_error(exc: Exception, step: int) -> StudioError:
+    import torch
+
+    if isinstance(exc, StudioError):
+        return exc
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return TrainingError(
+            f"Out of memory at step {step}",
+            "lower train.batch_size or data.max_length, turn on gradient checkpointing, use "
+            "QLoRA or optimizer paged_adamw_8bit; `qlora-studio estimate` shows what fits",
+        )
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return TrainingError(
+            f"The disk is full ({exc.filename or 'while saving'})",
+            "free some space or point output.dir at another disk; checkpoints so far are kept",
+        )
+    return TrainingError(f"Training failed at step {step}: {type(exc).__name__}: {exc}", "")
+
+
+def _explain_load_error(exc: Exception, model_dir: Path) -> StudioError:
+    message = str(exc)
+    if "bitsandbytes" in message.lower():
+        return TrainingError(
+            f"4-bit loading failed: {message}",
+            "QLoRA needs bitsandbytes >= 0.46 (pip install -U bitsandbytes), or choose method lora",
+        )
+    if "out of memory" in message.lower():
+        return TrainingError(
+            f"Out of memory while loading {model_dir.name}",
+            "choose QLoRA (4-bit base) or a smaller model; `qlora-studio estimate` shows what fits",
+        )
+    return TrainingError(f"Could not load the model from {model_dir}: {message}", "")
+
+
+def _model_type(model_dir: Path) -> str:
+    try:
+        return json.loads((Path(model_dir) / "config.json").read_text()).get("model_type", "")
+    except (OSError, ValueError):
+        return ""
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    tmp.replace(path)
