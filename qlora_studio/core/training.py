@@ -177,11 +177,14 @@ class FineTuneRecipe:
         self._check_cancel()
 
     def train(self) -> TrainResult:
+        from transformers.trainer_callback import PrinterCallback
+
+        from qlora_studio.core.callbacks import make_event_callback
         from qlora_studio.core.data import PaddingCollator
 
         cfg = self.cfg
         trainer_cls, args = self._training_arguments()
-        callback = _make_event_callback_class()(self.reporter, self.cancel, self.device, self.run_dir)
+        callback = make_event_callback(self.reporter, self.cancel, self.device, self.run_dir)
         trainer = trainer_cls(
             model=self.model,
             args=args,
@@ -190,6 +193,7 @@ class FineTuneRecipe:
             data_collator=PaddingCollator(self.tokenizer.pad_token_id),
             callbacks=[callback],
         )
+        trainer.remove_callback(PrinterCallback)  # our events replace its print(logs)
         checkpoint = last_checkpoint(self.run_dir) if self.resume else None
         if self.resume and checkpoint is None:
             self._status("No checkpoint found in the run folder: starting from step 0")
@@ -479,89 +483,6 @@ class _ListDataset:
 
     def __getitem__(self, index: int) -> dict:
         return self.rows[index]
-
-
-def _make_event_callback_class():
-    from transformers import TrainerCallback
-
-    class _EventCallback(TrainerCallback):
-        """Turns Trainer hooks into events; stops (with a checkpoint) when cancel is set."""
-
-        def __init__(self, reporter: Reporter, cancel: threading.Event, device: str, run_dir: Path):
-            self.reporter = reporter
-            self.cancel = cancel
-            self.device = device
-            self.run_dir = run_dir
-            self.cancelled = False
-            self.step = 0
-            self.losses: list[tuple[int, float]] = []
-            self._t0 = None
-            self._start_step = 0
-            self._tokens0 = 0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self._t0 = time.time()
-            self._start_step = state.global_step
-            self._tokens0 = state.num_input_tokens_seen or 0
-            self.step = state.global_step
-            self.reporter.emit(
-                make_event(
-                    "status",
-                    message=f"Training: {state.max_steps} steps"
-                    + (f", from step {state.global_step}" if state.global_step else ""),
-                )
-            )
-
-        def on_step_end(self, args, state, control, **kwargs):
-            from qlora_studio.core.gpu import memory_snapshot
-
-            self.step = state.global_step
-            elapsed = max(time.time() - (self._t0 or time.time()), 1e-9)
-            done = state.global_step - self._start_step
-            tokens = (state.num_input_tokens_seen or 0) - self._tokens0
-            per_step = elapsed / max(done, 1)
-            self.reporter.emit(
-                make_event(
-                    "progress",
-                    step=state.global_step,
-                    total=state.max_steps,
-                    epoch=float(state.epoch or 0.0),
-                    eta_s=round(per_step * (state.max_steps - state.global_step), 1),
-                    tokens_per_s=round(tokens / elapsed, 1),
-                )
-            )
-            if state.global_step % max(args.logging_steps, 1) == 0 or state.global_step == 1:
-                self.reporter.emit(make_event("memory", **memory_snapshot(self.device, state.global_step)))
-            if self.cancel.is_set() and not self.cancelled:
-                self.cancelled = True
-                control.should_save = True
-                control.should_training_stop = True
-            return control
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
-            fields = {}
-            for key, name in (("loss", "loss"), ("eval_loss", "eval_loss"),
-                              ("learning_rate", "lr"), ("grad_norm", "grad_norm")):
-                value = logs.get(key)
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    fields[name] = float(value)
-            if "loss" in fields:
-                self.losses.append((state.global_step, fields["loss"]))
-            if fields and "eval_loss" not in fields:
-                fields["epoch"] = float(state.epoch or 0.0)
-                self.reporter.emit(make_event("metrics", step=state.global_step, **fields))
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            value = (metrics or {}).get("eval_loss")
-            if isinstance(value, (int, float)) and state.global_step < state.max_steps:
-                self.reporter.emit(make_event("metrics", step=state.global_step, eval_loss=float(value)))
-
-        def on_save(self, args, state, control, **kwargs):
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            self.reporter.emit(make_event("checkpoint", step=state.global_step, path=str(path)))
-
-    return _EventCallback
 
 
 # ---- errors a user can cause ----------------------------------------------------------------

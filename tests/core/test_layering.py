@@ -14,6 +14,7 @@ CORE_MODULES = [
     "qlora_studio.core.models",
     "qlora_studio.core.training",
     "qlora_studio.core.export",
+    "qlora_studio.core.callbacks",
 ]
 
 

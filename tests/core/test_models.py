@@ -444,6 +444,24 @@ def test_gguf_round_trip(tiny_models, tmp_path, private_cache):
     assert time.monotonic() - started < 1 and again.events == []
 
 
+class _StopWhenSaving(CollectingReporter):
+    """Stands in for a user who cancels (or a crash) in the middle of a conversion."""
+
+    def emit(self, event):
+        super().emit(event)
+        if event.get("phase") == "saving":
+            raise KeyboardInterrupt
+
+
+def test_interrupted_conversion_leaves_no_half_folder(tiny_models, tmp_path, private_cache):
+    gguf_file = write_tiny_llama_gguf(tiny_models["llama"], tmp_path / "tiny.gguf")
+    with pytest.raises(KeyboardInterrupt):
+        models.convert_gguf(gguf_file, reporter=_StopWhenSaving())
+    assert list((private_cache / "models").iterdir()) == []
+    folder = models.convert_gguf(gguf_file)  # the next call converts from scratch
+    assert (folder / models.MARKER).is_file()
+
+
 def test_failed_conversion_leaves_nothing_behind(tmp_path, private_cache):
     import gguf
 
