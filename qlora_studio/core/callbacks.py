@@ -47,6 +47,7 @@ def make_event_callback(reporter: Reporter, cancel: threading.Event, device: str
                     epoch=float(state.epoch or 0.0),
                     eta_s=round(per_step * (state.max_steps - state.global_step), 1),
                     tokens_per_s=round((tokens - tokens0) / elapsed, 1),
+                    tokens_seen=int(tokens),
                 )
             )
             if state.global_step % max(args.logging_steps, 1) == 0 or state.global_step == 1:

@@ -2,7 +2,7 @@
 raw text, then template, tokenize (with loss masks), split and measure them.
 
 Reading files, folders and hub ids lives in :mod:`.data_files`; chat templates, rendering and
-tokenizing live in :mod:`.templates`. Both are re-exported here: the data API in one place.
+tokenizing live in :mod:`.templates`. Their public names are re-exported here.
 
 Bad input raises :class:`DatasetError` naming the file, the line or row, and what is wrong.
 torch is imported inside the functions that need it.
@@ -155,7 +155,9 @@ def _cell(row: dict, column: str, where: str, *, required: bool) -> str:
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     elif not isinstance(value, str):
-        raise DatasetError(f"{where}: {column!r} must be text, got {describe_type(value)}", ROW_HINT)
+        raise DatasetError(
+            f"{where}: {column!r} must be text, got {describe_type(value)}", ROW_HINT
+        )
     if required and not value.strip():
         raise DatasetError(f"{where}: {column!r} is empty", ROW_HINT)
     return value
@@ -187,13 +189,17 @@ def _conversation(value: Any, column: str, where: str) -> list[dict]:
                 f"{where}: {column!r} is not a list of turns (not valid JSON: {exc.msg})", hint
             ) from None
     if not isinstance(value, list):
-        raise DatasetError(f"{where}: {column!r} must be a list of turns, got {describe_type(value)}", hint)
+        raise DatasetError(
+            f"{where}: {column!r} must be a list of turns, got {describe_type(value)}", hint
+        )
     if not value:
         raise DatasetError(f"{where}: the conversation is empty", hint)
     messages = []
     for k, turn in enumerate(value, 1):
         if not isinstance(turn, dict):
-            raise DatasetError(f"{where}: turn {k} must be an object, got {describe_type(turn)}", hint)
+            raise DatasetError(
+                f"{where}: turn {k} must be an object, got {describe_type(turn)}", hint
+            )
         raw_role = turn.get("role") if turn.get("role") is not None else turn.get("from")
         raw_content = turn.get("content") if turn.get("content") is not None else turn.get("value")
         if raw_role is None:
@@ -207,7 +213,8 @@ def _conversation(value: Any, column: str, where: str) -> list[dict]:
         content = _content_text(raw_content)
         if content is None:
             raise DatasetError(
-                f"{where}: turn {k} ({role}) content must be a string, got {describe_type(raw_content)}",
+                f"{where}: turn {k} ({role}) content must be a string, "
+                f"got {describe_type(raw_content)}",
                 hint,
             )
         messages.append({"role": role, "content": content})

@@ -154,8 +154,8 @@ def _from_dataset(ds: Any, label: str) -> RawTable:
 
 
 def _read_folder(path: Path) -> RawTable:
-    """A ``save_to_disk`` folder (its train split, else its first), or the folder's one data
-    file, or its file named train.<ext>; DatasetError otherwise."""
+    """A ``save_to_disk`` folder (its train split, else its first split), else the folder's only
+    data file or its train.<ext>; DatasetError when there is none or no way to choose."""
     markers = ("dataset_info.json", "state.json", "dataset_dict.json")
     if any((path / m).exists() for m in markers):
         import datasets

@@ -15,6 +15,8 @@ CORE_MODULES = [
     "qlora_studio.core.training",
     "qlora_studio.core.export",
     "qlora_studio.core.callbacks",
+    "qlora_studio.core.data_files",
+    "qlora_studio.core.templates",
 ]
 
 
