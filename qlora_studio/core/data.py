@@ -308,6 +308,7 @@ class DatasetStats:
     mean_length: float
     p95_length: int
     max_length_seen: int
+    skipped_rows: int = 0  # truncated before their answer: counted here, not trained on
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -464,10 +465,24 @@ def prepare_dataset(
             f"max_length {data_cfg.max_length} (longest row: {stats.max_length_seen} tokens)",
             "raise max_length, shorten the prompts, or train on all tokens",
         )
+    # a row truncated before its answer teaches nothing, and a batch made only of such rows
+    # has no label at all (NaN loss): such rows are counted in the stats but not trained on
+    learnable = [r for r in train_rows if any(label != -100 for label in r["labels"])]
+    learnable_eval = [r for r in eval_rows if any(label != -100 for label in r["labels"])]
+    skipped = len(train_rows) - len(learnable) + len(eval_rows) - len(learnable_eval)
+    train_rows, eval_rows = learnable, learnable_eval
+    stats.train_rows, stats.eval_rows, stats.skipped_rows = len(train_rows), len(eval_rows), skipped
+    if not train_rows:
+        raise DatasetError(
+            f"{loaded.label or loaded.source}: no training row keeps its answer within "
+            f"max_length {data_cfg.max_length}",
+            "raise max_length, shorten the prompts, or train on all tokens",
+        )
     _say(
         reporter,
         f"Prepared {len(train_rows)} training and {len(eval_rows)} validation rows; "
-        f"{stats.truncated_rows} truncated at {data_cfg.max_length} tokens",
+        f"{stats.truncated_rows} truncated at {data_cfg.max_length} tokens"
+        + (f"; {skipped} rows skipped: their answer lies past max_length" if skipped else ""),
     )
     return PreparedDataset(train_rows, eval_rows, stats, template, chat_template, loaded.format)
 

@@ -121,8 +121,8 @@ def test_inspect_model_and_data(tiny_models, tmp_path):
     assert "[[" in shown.stdout and "truncated" in shown.stdout
 
 
-def test_no_command_opens_gui_or_says_it_is_coming():
-    result = run_cli(timeout=60, env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen",
-                                      "QLORA_STUDIO_NO_GUI": "1"})
+def test_no_command_says_the_window_is_coming_and_points_at_the_cli():
+    # the GUI issue replaces this with a test that drives the real window
+    result = run_cli(timeout=60)
     assert result.returncode == 0
-    assert "qlora-studio" in (result.stdout + result.stderr)
+    assert "coming" in result.stderr and "qlora-studio train" in result.stderr

@@ -724,7 +724,8 @@ def test_stats_are_consistent(tmp_path, tok):
     assert 0 < stats.trained_share <= 1
     assert stats.trained_tokens < stats.total_tokens <= 13 * 48
     assert stats.min_length <= stats.mean_length <= stats.p95_length <= stats.max_length_seen
-    assert stats.train_rows + stats.eval_rows == stats.rows
+    assert stats.train_rows + stats.eval_rows + stats.skipped_rows == stats.rows
+    assert stats.skipped_rows == 1
     assert json.loads(json.dumps(stats.to_dict()))["rows"] == 13
 
 
@@ -805,3 +806,16 @@ def test_inspect_with_tokenizer(tmp_path, tok):
     assert info["stats"]["eval_rows"] == 1 and info["stats"]["train_rows"] == 2
     assert info["preview"]["row"] == 1 and info["preview"]["trained_tokens"] > 0
     assert any(on for _, _, on in info["preview"]["spans"])
+
+
+def test_rows_whose_answer_lies_past_max_length_are_not_trained(tmp_path, tok):
+    rows = [{"prompt": "short", "completion": "yes"}] * 6
+    rows += [{"prompt": "a very long prompt " * 20, "completion": "no"}] * 6
+    path = write_lines(tmp_path / "d.jsonl", [json.dumps(r) for r in rows])
+    cfg = DataConfig(path=str(path), max_length=24, validation_split=0.0)
+    reporter = CollectingReporter()
+    prepared = prepare_dataset(cfg, tok, model_type="llama", reporter=reporter)
+    assert len(prepared.train) == 6 and prepared.stats.train_rows == 6
+    assert all(any(label != -100 for label in r["labels"]) for r in prepared.train)
+    assert prepared.stats.truncated_rows == 6
+    assert "6 rows skipped" in reporter.events[-1]["message"]
