@@ -26,14 +26,28 @@ def _build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train from a config file (YAML or JSON)")
     train.add_argument("config", help="run config, e.g. resources/configs/demo-qlora.yaml")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
-                       help="override a field, e.g. --set train.lr=1e-4 (repeatable)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="override a field, e.g. --set train.lr=1e-4 (repeatable)",
+    )
     _events_arg(train)
 
-    resume = sub.add_parser("resume", help="continue a stopped or crashed run from its last checkpoint")
+    resume = sub.add_parser(
+        "resume", help="continue a stopped or crashed run from its last checkpoint"
+    )
     resume.add_argument("run_dir", help="the run folder")
-    resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
-                        help="override a field, e.g. --set train.max_steps=200")
+    resume.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="override a field, e.g. --set train.max_steps=200",
+    )
     _events_arg(resume)
 
     im = sub.add_parser("inspect-model", help="architecture, parameter counts and LoRA targets")
@@ -46,8 +60,14 @@ def _build_parser() -> argparse.ArgumentParser:
     idata.add_argument("path", help="a data file, folder or hub dataset id")
     idata.add_argument("--model", help="tokenize with this model's tokenizer (for lengths/preview)")
     idata.add_argument("--format", default="auto", help="force a format (alpaca, sharegpt, ...)")
-    idata.add_argument("--column", dest="columns", action="append", default=[], metavar="OURS=YOURS",
-                       help="column mapping, e.g. --column prompt=question")
+    idata.add_argument(
+        "--column",
+        dest="columns",
+        action="append",
+        default=[],
+        metavar="OURS=YOURS",
+        help="column mapping, e.g. --column prompt=question",
+    )
     idata.add_argument("--chat-template", default="auto", help="template name (see config)")
     idata.add_argument("--max-length", type=int, default=512, help="tokens per example")
     idata.add_argument("--train-on", default="completions", choices=["completions", "all"])
@@ -65,8 +85,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _events_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--events", choices=["text", "jsonl"], default="text",
-                        help="'jsonl' prints one JSON event a line (used by the GUI)")
+    parser.add_argument(
+        "--events",
+        choices=["text", "jsonl"],
+        default="text",
+        help="'jsonl' prints one JSON event a line (used by the GUI)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +115,9 @@ def _cmd_train(args) -> int:
     try:
         cfg = RunConfig.load(args.config).with_overrides(args.overrides)
     except ConfigError as exc:
-        return _fail(reporter, f"Config error in {args.config}: {exc.field}: {exc.message}", exc.hint)
+        return _fail(
+            reporter, f"Config error in {args.config}: {exc.field}: {exc.message}", exc.hint
+        )
     return _run(lambda cancel: _train(cfg, reporter, cancel), reporter)
 
 
@@ -101,8 +127,9 @@ def _cmd_resume(args) -> int:
     def work(cancel):
         from qlora_studio.core.training import resume_training
 
-        return resume_training(Path(args.run_dir), reporter=reporter, cancel=cancel,
-                               overrides=args.overrides)
+        return resume_training(
+            Path(args.run_dir), reporter=reporter, cancel=cancel, overrides=args.overrides
+        )
 
     return _run(work, reporter)
 
@@ -119,8 +146,12 @@ def _cmd_export(args) -> int:
     def work(cancel):
         from qlora_studio.core.export import export_run
 
-        dest = export_run(Path(args.run_dir), out=Path(args.out) if args.out else None,
-                          merge=args.merge, reporter=reporter)
+        dest = export_run(
+            Path(args.run_dir),
+            out=Path(args.out) if args.out else None,
+            merge=args.merge,
+            reporter=reporter,
+        )
         if args.events == "text":
             print(dest)
         return None
@@ -134,8 +165,12 @@ def _cmd_inspect_model(args) -> int:
 
     reporter = _reporter("text")
     try:
-        info = inspect_model(args.source, allow_pickle=args.allow_pickle,
-                             trust_remote_code=args.trust_remote_code, reporter=reporter)
+        info = inspect_model(
+            args.source,
+            allow_pickle=args.allow_pickle,
+            trust_remote_code=args.trust_remote_code,
+            reporter=reporter,
+        )
     except StudioError as exc:
         return _fail(reporter, exc.message, exc.hint)
     data = info.to_dict()
@@ -146,18 +181,25 @@ def _cmd_inspect_model(args) -> int:
     print(f"  parameters     {data['params_total']:,}")
     for kind, count in data["params_by_kind"].items():
         share = 100 * count / max(data["params_total"], 1)
-        print(f"    {kind:<12} {count:>15,}  {share:5.1f}%")
-    print(f"  layers {data['num_layers']}, hidden {data['hidden_size']}, "
-          f"intermediate {data['intermediate_size']}, heads {data['num_heads']} "
-          f"(kv {data['num_kv_heads']}, head dim {data['head_dim']})")
-    print(f"  vocabulary {data['vocab_size']:,}, context {data['context_length']:,}, "
-          f"tied embeddings {'yes' if data['tied_embeddings'] else 'no'}, "
-          f"stored as {data['torch_dtype']}")
+        note = "  (tied to the embeddings)" if kind == "lm_head" and data["tied_embeddings"] else ""
+        print(f"    {kind:<12} {count:>15,}  {share:5.1f}%{note}")
+    print(
+        f"  layers {data['num_layers']}, hidden {data['hidden_size']}, "
+        f"intermediate {data['intermediate_size']}, heads {data['num_heads']} "
+        f"(kv {data['num_kv_heads']}, head dim {data['head_dim']})"
+    )
+    print(
+        f"  vocabulary {data['vocab_size']:,}, context {data['context_length']:,}, "
+        f"tied embeddings {'yes' if data['tied_embeddings'] else 'no'}, "
+        f"stored as {data['torch_dtype']}"
+    )
     print(f"  chat template  {'yes' if data['has_chat_template'] else 'none (a fallback is used)'}")
     print("  LoRA targets (all-linear):")
     for layer in data["linear_layers"]:
-        print(f"    {layer['name']:<12} {layer['kind']:<9} x{layer['count']:<3} "
-              f"{layer['in_features']} -> {layer['out_features']}")
+        print(
+            f"    {layer['name']:<12} {layer['kind']:<9} x{layer['count']:<3} "
+            f"{layer['in_features']} -> {layer['out_features']}"
+        )
     return EXIT_OK
 
 
@@ -170,7 +212,9 @@ def _cmd_inspect_data(args) -> int:
     for item in args.columns:
         ours, sep, yours = item.partition("=")
         if not sep:
-            return _fail(reporter, f"--column {item!r} must look like ours=yours", "e.g. prompt=question")
+            return _fail(
+                reporter, f"--column {item!r} must look like ours=yours", "e.g. prompt=question"
+            )
         columns[ours.strip()] = yours.strip()
     try:
         tokenizer, model_type = None, ""
@@ -180,10 +224,16 @@ def _cmd_inspect_data(args) -> int:
             folder = resolve_model(args.model, reporter=reporter)
             tokenizer = load_tokenizer(folder)
             model_type = json.loads((folder / "config.json").read_text()).get("model_type", "")
-        report = inspect_data(args.path, tokenizer=tokenizer, model_type=model_type,
-                              format=args.format, columns=columns or None,
-                              chat_template=args.chat_template, max_length=args.max_length,
-                              train_on=args.train_on)
+        report = inspect_data(
+            args.path,
+            tokenizer=tokenizer,
+            model_type=model_type,
+            format=args.format,
+            columns=columns or None,
+            chat_template=args.chat_template,
+            max_length=args.max_length,
+            train_on=args.train_on,
+        )
     except StudioError as exc:
         return _fail(reporter, exc.message, exc.hint)
     if args.json:
@@ -193,12 +243,16 @@ def _cmd_inspect_data(args) -> int:
     print(f"  columns: {', '.join(report['columns'])}")
     stats = report.get("stats")
     if stats:
-        print(f"  template {report['template']}; tokens per row: min {stats['min_length']}, "
-              f"mean {stats['mean_length']:.0f}, p95 {stats['p95_length']}, "
-              f"max {stats['max_length_seen']}")
-        print(f"  truncated at {stats['max_length']}: {stats['truncated_rows']} rows; "
-              f"trained tokens {stats['trained_tokens']:,} of {stats['total_tokens']:,} "
-              f"({100 * stats['trained_share']:.1f}%)")
+        print(
+            f"  template {report['template']}; tokens per row: min {stats['min_length']}, "
+            f"mean {stats['mean_length']:.0f}, p95 {stats['p95_length']}, "
+            f"max {stats['max_length_seen']}"
+        )
+        print(
+            f"  truncated at {stats['max_length']}: {stats['truncated_rows']} rows; "
+            f"trained tokens {stats['trained_tokens']:,} of {stats['total_tokens']:,} "
+            f"({100 * stats['trained_share']:.1f}%)"
+        )
         _print_histogram(stats["histogram"], stats["max_length"])
         preview = report.get("preview")
         if preview:
@@ -271,7 +325,9 @@ def _run(work, reporter) -> int:
     except StudioError as exc:
         return _fail(reporter, exc.message, exc.hint)
     except KeyboardInterrupt:
-        reporter.emit(make_event("error", message="Interrupted", hint="the last checkpoint is kept"))
+        reporter.emit(
+            make_event("error", message="Interrupted", hint="the last checkpoint is kept")
+        )
         return EXIT_CANCELLED
     if getattr(result, "status", "done") == "cancelled":
         return EXIT_CANCELLED
@@ -292,6 +348,7 @@ def _listen_for_stop(cancel: threading.Event) -> None:
         signal.signal(signal.SIGTERM, on_signal)
 
     if sys.stdin is not None and not sys.stdin.isatty():
+
         def read_stdin():
             try:
                 for line in sys.stdin:

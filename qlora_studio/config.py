@@ -68,12 +68,16 @@ class ModelConfig:
 
     def validate(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():
-            raise ConfigError("model.source", "is empty", "use 'demo', a folder, a .gguf or a hub id")
+            raise ConfigError(
+                "model.source", "is empty", "use 'demo', a folder, a .gguf or a hub id"
+            )
 
 
 @dataclass
 class DataConfig:
-    path: str = _help("", "training data: .jsonl .json .csv .tsv .parquet .txt, a folder or a hub id")
+    path: str = _help(
+        "", "training data: .jsonl .json .csv .tsv .parquet .txt, a folder or a hub id"
+    )
     format: str = _help("auto", "row format; 'auto' detects it from the columns")
     columns: dict[str, str] = _help(
         None, "map our names to yours, e.g. {prompt: question, completion: answer}", factory=dict
@@ -84,7 +88,9 @@ class DataConfig:
     max_length: int = _help(512, "tokens per example after templating; longer rows are truncated")
     validation_split: float = _help(0.1, "share of rows held out for evaluation (0 = none)")
     eval_path: str = _help("", "a separate validation file (overrides validation_split)")
-    train_on: str = _help("completions", "'completions' = loss on answers only; 'all' = every token")
+    train_on: str = _help(
+        "completions", "'completions' = loss on answers only; 'all' = every token"
+    )
     system_prompt: str = _help("", "system message added to conversations that have none")
 
     def validate(self) -> None:
@@ -142,7 +148,9 @@ class LoraConfig:
 class QuantConfig:
     quant_type: str = _help("nf4", "4-bit data type of the frozen base: nf4 (paper) or fp4")
     double_quant: bool = _help(True, "quantize the quantization constants too (~0.37 bit/param)")
-    compute_dtype: str = _help("auto", "dtype of the dequantized matmuls; auto = bf16 on GPU, fp32 on CPU")
+    compute_dtype: str = _help(
+        "auto", "dtype of the dequantized matmuls; auto = bf16 on GPU, fp32 on CPU"
+    )
 
     def validate(self) -> None:
         _choice("quant", "quant_type", self.quant_type, QUANT_TYPES)
@@ -163,7 +171,9 @@ class TrainConfig:
     weight_decay: float = _help(0.0, "AdamW weight decay")
     max_grad_norm: float = _help(1.0, "gradient clipping")
     optimizer: str = _help("paged_adamw_8bit", "8-bit/paged optimizers keep Adam state small")
-    gradient_checkpointing: bool = _help(True, "recompute activations: far less memory, ~30% slower")
+    gradient_checkpointing: bool = _help(
+        True, "recompute activations: far less memory, ~30% slower"
+    )
     seed: int = _help(42, "random seed for data order and adapter init")
     logging_steps: int = _help(1, "report loss every N steps")
     eval_steps: int = _help(0, "evaluate every N steps; 0 = at the end only")
@@ -245,7 +255,9 @@ class RunConfig:
             for key in values:
                 if key not in names:
                     raise ConfigError(
-                        f"{section}.{key}", "is not a known field", "fields: " + ", ".join(sorted(names))
+                        f"{section}.{key}",
+                        "is not a known field",
+                        "fields: " + ", ".join(sorted(names)),
                     )
             defaults = section_cls()
             coerced = {k: _coerce_like(getattr(defaults, k), v) for k, v in values.items()}

@@ -33,8 +33,18 @@ LEAP_DAYS_TRAIN = 4
 LEAP_DAYS_HELDOUT = 2
 
 MONTHS = [
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ]
 MONTHS_ABBR = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
@@ -128,18 +138,18 @@ def s_slash_ymd(d, rng):
 
 
 STYLES = [
-    ("long_mdy", s_long_mdy, True),                   # March 3, 2021
-    ("long_dmy", s_long_dmy, True),                   # 3 March 2021
-    ("ordinal_of", s_ordinal_of, True),               # the 3rd of March, 2021
-    ("abbr_mdy_ordinal", s_abbr_mdy_ordinal, True),   # Mar 3rd, 2021
-    ("abbr_dmy", s_abbr_dmy, True),                   # 3 Mar 2021 / 03-Mar-2021
-    ("weekday_dmy", s_weekday_dmy, True),             # Wednesday, 3 March 2021
-    ("weekday_abbr_mdy", s_weekday_abbr_mdy, True),   # Wed, Mar 3, 2021
-    ("month_the_ordinal", s_month_the_ordinal, True), # March the 3rd, 2021
-    ("us_numeric", s_us_numeric, False),              # 03/03/2021 (US)
-    ("uk_numeric", s_uk_numeric, False),              # 3/3/2021 (UK)
-    ("dotted_ymd", s_dotted_ymd, False),              # 2021.03.03
-    ("slash_ymd", s_slash_ymd, False),                # 2021/3/3
+    ("long_mdy", s_long_mdy, True),  # March 3, 2021
+    ("long_dmy", s_long_dmy, True),  # 3 March 2021
+    ("ordinal_of", s_ordinal_of, True),  # the 3rd of March, 2021
+    ("abbr_mdy_ordinal", s_abbr_mdy_ordinal, True),  # Mar 3rd, 2021
+    ("abbr_dmy", s_abbr_dmy, True),  # 3 Mar 2021 / 03-Mar-2021
+    ("weekday_dmy", s_weekday_dmy, True),  # Wednesday, 3 March 2021
+    ("weekday_abbr_mdy", s_weekday_abbr_mdy, True),  # Wed, Mar 3, 2021
+    ("month_the_ordinal", s_month_the_ordinal, True),  # March the 3rd, 2021
+    ("us_numeric", s_us_numeric, False),  # 03/03/2021 (US)
+    ("uk_numeric", s_uk_numeric, False),  # 3/3/2021 (UK)
+    ("dotted_ymd", s_dotted_ymd, False),  # 2021.03.03
+    ("slash_ymd", s_slash_ymd, False),  # 2021/3/3
 ]
 
 
@@ -154,8 +164,11 @@ def recase(text: str, rng: random.Random) -> str:
 
 def pick_dates(rng: random.Random) -> tuple[list[dt.date], list[dt.date]]:
     """Distinct dates for both splits; a few 29 Februaries in each."""
-    leap_days = [dt.date(y, 2, 29) for y in range(FIRST_DAY.year, LAST_DAY.year + 1)
-                 if y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)]
+    leap_days = [
+        dt.date(y, 2, 29)
+        for y in range(FIRST_DAY.year, LAST_DAY.year + 1)
+        if y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    ]
     leaps = rng.sample(leap_days, LEAP_DAYS_TRAIN + LEAP_DAYS_HELDOUT)
     taken = {d.toordinal() for d in leaps}
     n_other = N_TRAIN + N_HELDOUT - len(leaps)
@@ -174,7 +187,7 @@ def make_rows(dates: list[dt.date], rng: random.Random) -> list[dict]:
     styles = [STYLES[i % len(STYLES)] for i in range(len(dates))]
     rng.shuffle(styles)
     rows = []
-    for d, (name, fn, wordy) in zip(dates, styles):
+    for d, (name, fn, wordy) in zip(dates, styles, strict=True):
         text = fn(d, rng)
         if wordy:
             text = recase(text, rng)
@@ -185,10 +198,14 @@ def make_rows(dates: list[dt.date], rng: random.Random) -> list[dict]:
             text = rng.choice(contexts).format(d=text)
         prompt = PREFIX + text
         assert len(prompt.split()) <= MAX_WORDS, prompt
-        rows.append({"messages": [
-            {"role": "user", "content": prompt},
-            {"role": "assistant", "content": d.isoformat()},
-        ]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": d.isoformat()},
+                ]
+            }
+        )
     return rows
 
 
@@ -201,8 +218,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     default_out = Path(__file__).resolve().parent.parent / "resources" / "datasets"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=default_out,
-                        help=f"where to write the files (default: {default_out})")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=default_out,
+        help=f"where to write the files (default: {default_out})",
+    )
     args = parser.parse_args(argv)
 
     rng = random.Random(SEED)

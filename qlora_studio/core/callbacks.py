@@ -30,7 +30,9 @@ def make_event_callback(reporter: Reporter, cancel: threading.Event, device: str
             self.step = state.global_step
             self._pace.append((time.time(), state.global_step, state.num_input_tokens_seen or 0))
             resumed = f", continuing from step {state.global_step}" if state.global_step else ""
-            reporter.emit(make_event("status", message=f"Training: {state.max_steps} steps{resumed}"))
+            reporter.emit(
+                make_event("status", message=f"Training: {state.max_steps} steps{resumed}")
+            )
 
         def on_step_end(self, args, state, control, **kwargs):
             self.step = state.global_step
@@ -72,7 +74,9 @@ def make_event_callback(reporter: Reporter, cancel: threading.Event, device: str
             if "loss" in fields:
                 self.losses.append((state.global_step, fields["loss"]))
                 reporter.emit(
-                    make_event("metrics", step=state.global_step, epoch=float(state.epoch or 0), **fields)
+                    make_event(
+                        "metrics", step=state.global_step, epoch=float(state.epoch or 0), **fields
+                    )
                 )
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):

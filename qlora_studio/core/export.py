@@ -61,8 +61,12 @@ def atomic_folder(dest: Path, *, replace: bool = False) -> Iterator[Path]:
 
 def _disk_error(exc: OSError, dest: Path) -> ExportError:
     if exc.errno == errno.ENOSPC:
-        return ExportError(f"The disk is full while writing {dest}", "free some space and export again")
-    return ExportError(f"Could not write {dest}: {exc.strerror or exc}", "check the folder's permissions")
+        return ExportError(
+            f"The disk is full while writing {dest}", "free some space and export again"
+        )
+    return ExportError(
+        f"Could not write {dest}: {exc.strerror or exc}", "check the folder's permissions"
+    )
 
 
 def save_trained(
@@ -222,7 +226,9 @@ def _export_merged(cfg: RunConfig, adapter_dir: Path, dest: Path, reporter: Repo
         trust_remote_code=cfg.model.trust_remote_code,
         reporter=reporter,
     )
-    reporter.emit(make_event("status", message=f"Loading the base model in 16-bit on the CPU ({base_dir})"))
+    reporter.emit(
+        make_event("status", message=f"Loading the base model in 16-bit on the CPU ({base_dir})")
+    )
     # a QLoRA adapter was trained against the 4-bit base; it merges into the 16-bit weights
     base = AutoModelForCausalLM.from_pretrained(
         str(base_dir), dtype=torch.bfloat16, trust_remote_code=cfg.model.trust_remote_code

@@ -158,11 +158,17 @@ class FineTuneRecipe:
             reporter=self.reporter,
         )
         self._check_cancel()
-        self.tokenizer = load_tokenizer(self.model_dir, trust_remote_code=cfg.model.trust_remote_code)
+        self.tokenizer = load_tokenizer(
+            self.model_dir, trust_remote_code=cfg.model.trust_remote_code
+        )
         model_type = _model_type(self.model_dir)
         self._status(f"Reading the dataset {cfg.data.path}")
         self.prepared = prepare_dataset(
-            cfg.data, self.tokenizer, model_type=model_type, seed=cfg.train.seed, reporter=self.reporter
+            cfg.data,
+            self.tokenizer,
+            model_type=model_type,
+            seed=cfg.train.seed,
+            reporter=self.reporter,
         )
         stats = self.prepared.stats
         self._status(
@@ -211,7 +217,9 @@ class FineTuneRecipe:
             eval_loss = metrics.get("eval_loss")
             if eval_loss is not None:
                 self.reporter.emit(
-                    make_event("metrics", step=trainer.state.global_step, eval_loss=float(eval_loss))
+                    make_event(
+                        "metrics", step=trainer.state.global_step, eval_loss=float(eval_loss)
+                    )
                 )
         self.trainer = trainer
         status = "cancelled" if callback.cancelled else "done"
@@ -321,10 +329,12 @@ class FineTuneRecipe:
         except ValueError as exc:
             raise TrainingError(
                 f"LoRA could not be attached: {exc}",
-                "check lora.target_modules against `qlora-studio inspect-model` (or use all-linear)",
+                "check lora.target_modules against `qlora-studio inspect-model`, or use all-linear",
             ) from exc
         trainable, total = model.get_nb_trainable_parameters()
-        self._status(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+        self._status(
+            f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
+        )
         return model
 
     def _training_arguments(self):
@@ -334,7 +344,9 @@ class FineTuneRecipe:
         t = cfg.train
         mixed = {}
         if self.device == "cuda" and cfg.method != "qlora":
-            mixed = {"bf16": True} if compute_dtype_name("auto", "cuda") == "bf16" else {"fp16": True}
+            mixed = (
+                {"bf16": True} if compute_dtype_name("auto", "cuda") == "bf16" else {"fp16": True}
+            )
         has_eval = bool(self.prepared.eval)
         args = TrainingArguments(
             output_dir=str(self.run_dir / CHECKPOINTS),

@@ -8,16 +8,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_training import make_config
 
 from qlora_studio.core.events import parse_event_line
-from test_training import make_config
 
 CLI = [sys.executable, "-m", "qlora_studio"]
 
 
 def run_cli(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+    return subprocess.run(
+        [*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 def events_of(stdout: str) -> list[dict]:
@@ -57,9 +58,21 @@ def test_text_mode_shows_step_loss_speed_eta(tiny_config):
 
 def test_stop_line_on_stdin_cancels_with_checkpoint_then_resume(tiny_config):
     proc = subprocess.Popen(
-        [*CLI, "train", str(tiny_config), "--events", "jsonl", "--set", "train.max_steps=400",
-         "--set", "train.save_steps=1000"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            *CLI,
+            "train",
+            str(tiny_config),
+            "--events",
+            "jsonl",
+            "--set",
+            "train.max_steps=400",
+            "--set",
+            "train.save_steps=1000",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     events = []
     for line in proc.stdout:
@@ -77,8 +90,9 @@ def test_stop_line_on_stdin_cancels_with_checkpoint_then_resume(tiny_config):
     assert checkpoint.name == f"checkpoint-{stop_step}" and checkpoint.is_dir()
 
     run_dir = checkpoint.parent.parent
-    resumed = run_cli("resume", run_dir, "--events", "jsonl", "--set",
-                      f"train.max_steps={stop_step + 2}")
+    resumed = run_cli(
+        "resume", run_dir, "--events", "jsonl", "--set", f"train.max_steps={stop_step + 2}"
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     steps = [e["step"] for e in events_of(resumed.stdout) if e["type"] == "progress"]
     assert steps == [stop_step + 1, stop_step + 2]
@@ -96,7 +110,9 @@ def test_bad_data_exit_code_and_message(tiny_config, tmp_path):
     result = run_cli("train", tiny_config, "--set", f"data.path={bad}", "--events", "jsonl")
     assert result.returncode == 1
     error = [e for e in events_of(result.stdout) if e["type"] == "error"][0]
-    assert "bad.csv, row 2" in error["message"] and "completion" in error["message"] and error["hint"]
+    assert (
+        "bad.csv, row 2" in error["message"] and "completion" in error["message"] and error["hint"]
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -109,8 +125,10 @@ def test_inspect_model_and_data(tiny_models, tmp_path):
     assert "q_proj" in text.stdout and "parameters" in text.stdout
 
     data = tmp_path / "d.jsonl"
-    data.write_text("\n".join(json.dumps({"instruction": f"say {i}", "output": str(i)})
-                              for i in range(10)) + "\n")
+    data.write_text(
+        "\n".join(json.dumps({"instruction": f"say {i}", "output": str(i)}) for i in range(10))
+        + "\n"
+    )
     plain = run_cli("inspect-data", data)
     assert plain.returncode == 0 and "alpaca" in plain.stdout and "10 rows" in plain.stdout
     full = run_cli("inspect-data", data, "--model", tiny_models["llama"], "--json")

@@ -76,8 +76,14 @@ def test_overrides_parse_types():
     cfg = RunConfig()
     cfg.data.path = "d.jsonl"
     new = cfg.with_overrides(
-        ["train.lr=1e-4", "train.max_steps=30", "quant.double_quant=false", "train.epochs=2",
-         "lora.target_modules=[q_proj, v_proj]", "method=lora"]
+        [
+            "train.lr=1e-4",
+            "train.max_steps=30",
+            "quant.double_quant=false",
+            "train.epochs=2",
+            "lora.target_modules=[q_proj, v_proj]",
+            "method=lora",
+        ]
     )
     assert new.train.lr == pytest.approx(1e-4) and isinstance(new.train.lr, float)
     assert new.train.max_steps == 30

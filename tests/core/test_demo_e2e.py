@@ -23,11 +23,23 @@ def test_demo_qlora_30_steps_learns_and_exports_a_working_adapter(repo_root, tmp
     from qlora_studio.core.models import resolve_model
 
     result = subprocess.run(
-        [sys.executable, "-m", "qlora_studio", "train",
-         str(repo_root / "resources" / "configs" / "demo-qlora.yaml"),
-         "--set", "train.max_steps=30", "--set", f"output.dir={tmp_path / 'runs'}",
-         "--events", "jsonl"],
-        capture_output=True, text=True, timeout=1200, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "qlora_studio",
+            "train",
+            str(repo_root / "resources" / "configs" / "demo-qlora.yaml"),
+            "--set",
+            "train.max_steps=30",
+            "--set",
+            f"output.dir={tmp_path / 'runs'}",
+            "--events",
+            "jsonl",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     events = [e for e in map(parse_event_line, result.stdout.splitlines()) if e]
@@ -41,7 +53,9 @@ def test_demo_qlora_30_steps_learns_and_exports_a_working_adapter(repo_root, tmp
     # the exported adapter loads with plain peft and generates
     exported = subprocess.run(
         [sys.executable, "-m", "qlora_studio", "export", done["run_dir"]],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert exported.returncode == 0, exported.stderr[-2000:]
     adapter = Path(done["run_dir"]) / "exports" / "adapter"
@@ -57,5 +71,5 @@ def test_demo_qlora_30_steps_learns_and_exports_a_working_adapter(repo_root, tmp
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert re.search(r"\d{4}-\d{2}-\d{2}", answer), f"the tuned model answered {answer!r}"

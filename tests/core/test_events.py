@@ -25,10 +25,22 @@ def test_make_event_stamps_type_and_time():
     [
         ({"type": "nope", "time": 1.0}, "unknown event type"),
         ({"type": "status", "message": "x"}, "time"),
-        ({"type": "progress", "time": 1.0, "step": 1, "total": 2, "epoch": 0.1, "eta_s": 1},
-         "tokens_per_s"),
-        ({"type": "progress", "time": 1.0, "step": "1", "total": 2, "epoch": 0.1, "eta_s": 1,
-          "tokens_per_s": 3.0}, "step"),
+        (
+            {"type": "progress", "time": 1.0, "step": 1, "total": 2, "epoch": 0.1, "eta_s": 1},
+            "tokens_per_s",
+        ),
+        (
+            {
+                "type": "progress",
+                "time": 1.0,
+                "step": "1",
+                "total": 2,
+                "epoch": 0.1,
+                "eta_s": 1,
+                "tokens_per_s": 3.0,
+            },
+            "step",
+        ),
         ({"type": "metrics", "time": 1.0, "step": 1, "loss": "low"}, "loss"),
         ({"type": "error", "time": 1.0, "message": "boom"}, "hint"),
         ([1, 2], "object"),
@@ -59,7 +71,9 @@ def test_jsonl_round_trip_and_noise_lines_are_skipped():
 def test_text_reporter_shows_step_loss_speed_eta():
     stream = io.StringIO()
     reporter = TextReporter(stream)
-    reporter.emit(make_event("progress", step=5, total=30, epoch=0.5, eta_s=75.0, tokens_per_s=123.4))
+    reporter.emit(
+        make_event("progress", step=5, total=30, epoch=0.5, eta_s=75.0, tokens_per_s=123.4)
+    )
     reporter.emit(make_event("metrics", step=5, loss=1.2345, lr=1e-4))
     reporter.emit(make_event("error", message="Out of memory", hint="lower the batch size"))
     text = stream.getvalue()

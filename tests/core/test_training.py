@@ -32,8 +32,12 @@ def write_chat_data(path: Path, n: int = 24) -> Path:
     with path.open("w") as f:
         for i in range(n):
             prompt, answer = ROWS[i % len(ROWS)]
-            row = {"messages": [{"role": "user", "content": prompt},
-                                {"role": "assistant", "content": answer}]}
+            row = {
+                "messages": [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
             f.write(json.dumps(row) + "\n")
     return path
 
