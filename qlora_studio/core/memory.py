@@ -1,0 +1,654 @@
+"""How much memory a run needs before it runs: full, LoRA and QLoRA side by side.
+
+Pure arithmetic over a :class:`~qlora_studio.core.models.ModelInfo` (exact parameter counts and
+linear-layer shapes from the config) and the run :class:`Settings`; this module never imports
+torch. Each method's estimate is a list of named :class:`MemoryTerm` whose ``detail`` says how it
+was computed. The terms are summed, which is a deliberate upper bound: gradients grow during the
+backward pass while activations are freed, and both are counted in full.
+
+What each method really builds (``core/training.py`` ``_setup_model``) and where the figures come
+from:
+
+- full: fp32 master weights, fp32 gradients, optimizer states for every parameter; on a GPU the
+  Trainer adds bf16/fp16 autocast, whose cast cache keeps a 16-bit copy of every linear weight
+  until the forward pass ends (those copies are saved for the backward pass).
+- lora: the frozen base in the compute dtype (bf16 on a GPU, fp32 on the CPU) plus peft adapters
+  kept in fp32; autocast on the GPU.
+- qlora: bitsandbytes ``Linear4bit`` for every linear except the output layer. ``quantize_4bit``
+  packs two 4-bit values per byte with an fp32 absmax per 64-value block (0.5 bit/param); with
+  double quantization the absmax is itself quantized to 8 bits in blocks of 256 with one fp32
+  absmax per block (8/64 + 32/(64*256) = 0.127 bit/param; the 256-entry code table is shared).
+  peft's ``prepare_model_for_kbit_training`` casts every fp16/bf16 parameter that is not
+  ``Params4bit`` (embeddings, norms, lm_head, biases) to fp32, so the residual stream and the
+  logits are fp32 as well. ``MatMul4Bit`` saves only the packed weight for backward: the frozen
+  base linears keep no activations, only the LoRA path does.
+- optimizer: bitsandbytes 8-bit blockwise Adam keeps two uint8 states per value plus an fp32
+  absmax per 256-value block for each state; tensors under 4,096 values keep 32-bit states.
+- activations: Korthikanti et al. (2022) count the tensors each layer saves for backward; with
+  SDPA the ``5*a*s`` attention-score term is gone. The count here is explicit per tensor (see
+  :func:`_layer_bytes_per_token`) and is to be calibrated against the "Verify fit" probe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qlora_studio.config import RunConfig
+    from qlora_studio.core.models import LinearLayer, ModelInfo
+
+METHODS = ("full", "lora", "qlora")
+GB = 1024**3  # GPU memory is sold in binary gigabytes: a "24 GB" card holds 24 GiB
+MB = 1024**2
+
+QUANT_BLOCKSIZE = 64  # bitsandbytes quantize_4bit default
+NESTED_BLOCKSIZE = 256  # double quant: absmax quantized blockwise in blocks of 256
+OPTIM_BLOCKSIZE = 256  # bitsandbytes 8-bit blockwise optimizer states
+MIN_8BIT_SIZE = 4096  # bitsandbytes keeps 32-bit states for smaller tensors
+PAGED_MIN_SIZE = 100_000  # bitsandbytes pages only state buffers of this many values or more
+CUDA_CONTEXT_BYTES = 400 * MB
+FRAMEWORK_BASELINE_BYTES = 350 * MB  # torch + transformers resident in a CPU process
+SLACK = {"cuda": 0.10, "cpu": 0.05}
+FIT_SHARE = 0.9  # "fits" leaves 10% of the memory free; up to 100% is "tight"
+DEFAULT_SHARD_BYTES = 5 * GB  # the usual safetensors shard size on the Hub
+MERGE_MARGIN = 1.1
+
+EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
+ADAM_OPTIMIZERS = ("adamw_torch", "paged_adamw_32bit", *EIGHT_BIT_OPTIMIZERS)
+_DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+_STORED_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
+# Linears whose input is the same tensor: without autocast they save it once between them.
+_SHARED_INPUTS = ({"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"})
+_GATED_LEAVES = {"gate_proj", "gate_up_proj", "w1", "w3"}
+
+
+@dataclass
+class MemoryTerm:
+    """One named part of the memory a run needs."""
+
+    name: str  # e.g. "weights", "optimizer states", "activations"
+    bytes: int
+    detail: str  # one line: how it was computed
+
+
+@dataclass
+class MethodEstimate:
+    """The memory one method needs, term by term."""
+
+    method: str  # full | lora | qlora
+    terms: list[MemoryTerm]
+    total_bytes: int
+    trainable_params: int
+    dominant: str  # name of the largest term
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy (terms become dicts)."""
+        return dataclasses.asdict(self)
+
+    def term(self, name: str) -> MemoryTerm | None:
+        """The term called ``name``, or None when this method has no such term."""
+        return next((t for t in self.terms if t.name == name), None)
+
+
+@dataclass
+class Settings:
+    """The run settings an estimate depends on (build it from a RunConfig with
+    :meth:`from_config`)."""
+
+    batch_size: int = 4  # examples per step
+    seq_len: int = 512  # tokens per example (data.max_length: batches are padded up to it)
+    lora_r: int = 16
+    lora_targets: list[str] | str = "all-linear"  # "all-linear" or leaf names such as "q_proj"
+    quant_type: str = "nf4"  # nf4 | fp4: same storage
+    double_quant: bool = True
+    compute_dtype: str = "bf16"  # bf16 | fp16 | fp32 | auto (bf16 on cuda, fp32 on cpu)
+    optimizer: str = "paged_adamw_8bit"
+    gradient_checkpointing: bool = True
+    device: str = "cuda"  # "cuda" or "cpu"
+    use_dora: bool = False
+    lora_dropout: float = 0.05  # > 0 adds a dropout copy of each adapter input
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, device: str | None = None) -> Settings:
+        """The settings of ``cfg``; ``device`` overrides ``train.device`` (pass "cuda" to plan
+        for a GPU this machine lacks). ``train.device: auto`` means cuda when NVML sees a GPU."""
+        if device is None:
+            device = cfg.train.device
+            if device == "auto":
+                from qlora_studio.core.gpu import list_gpus
+
+                device = "cuda" if list_gpus() else "cpu"
+        compute = cfg.quant.compute_dtype
+        if compute == "auto":
+            compute = "bf16" if device == "cuda" else "fp32"
+        targets = cfg.lora.target_modules
+        return cls(
+            batch_size=cfg.train.batch_size,
+            seq_len=cfg.data.max_length,
+            lora_r=cfg.lora.r,
+            lora_targets=list(targets) if isinstance(targets, list) else targets,
+            quant_type=cfg.quant.quant_type,
+            double_quant=cfg.quant.double_quant,
+            compute_dtype=compute,
+            optimizer=cfg.train.optimizer,
+            gradient_checkpointing=cfg.train.gradient_checkpointing,
+            device=device,
+            use_dora=cfg.lora.use_dora,
+            lora_dropout=float(cfg.lora.dropout),
+        )
+
+
+@dataclass
+class Verdict:
+    """Whether an estimate fits the memory available, and what to change when it does not."""
+
+    method: str
+    status: str  # "fits" | "tight" | "does not fit"
+    available_bytes: int
+    needed_bytes: int
+    headroom_bytes: int  # available - needed (negative when it does not fit)
+    dominant: str
+    advice: list[str] = field(default_factory=list)
+    max_batch_size: int = 0  # largest batch that fits at the other current settings (0: none)
+    max_seq_len: int = 0  # longest sequence that fits at the current batch size (0: none)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---- building blocks ---------------------------------------------------------------------
+def bits_per_quantized_param(double_quant: bool, blocksize: int = QUANT_BLOCKSIZE) -> float:
+    """Storage of one 4-bit quantized weight in bits: 4 + absmax. Without double quant one fp32
+    absmax per block (4 + 32/64 = 4.5); with it one uint8 absmax per block plus one fp32 per
+    256 blocks (4 + 8/64 + 32/(64*256) = 4.127)."""
+    if double_quant:
+        return 4 + 8 / blocksize + 32 / (blocksize * NESTED_BLOCKSIZE)
+    return 4 + 32 / blocksize
+
+
+def targeted_layers(info: ModelInfo, targets: list[str] | str) -> list[LinearLayer]:
+    """The linear groups a LoRA ``targets`` setting adapts: every linear except the output layer
+    for "all-linear" (as peft does), else those whose leaf name is listed."""
+    if isinstance(targets, str):
+        if targets != "all-linear":
+            targets = [targets]
+        else:
+            return list(info.linear_layers)
+    names = set(targets)
+    return [layer for layer in info.linear_layers if layer.name in names]
+
+
+def lora_trainable_params(info: ModelInfo, r: int, targets: list[str] | str) -> int:
+    """LoRA parameters: A (r x in) and B (out x r) for every targeted module, i.e. the sum over
+    targeted linear groups of ``count * r * (in + out)``."""
+    return sum(
+        g.count * r * (g.in_features + g.out_features) for g in targeted_layers(info, targets)
+    )
+
+
+def _dora_params(info: ModelInfo, targets: list[str] | str) -> int:
+    """DoRA's magnitude vectors: one value per output feature of each targeted module."""
+    return sum(g.count * g.out_features for g in targeted_layers(info, targets))
+
+
+def _compute_bytes(settings: Settings) -> int:
+    name = settings.compute_dtype
+    if name == "auto":
+        name = "bf16" if settings.device == "cuda" else "fp32"
+    if name not in _DTYPE_BYTES:
+        raise ValueError(f"compute_dtype {name!r} is not one of {', '.join(_DTYPE_BYTES)}")
+    return _DTYPE_BYTES[name]
+
+
+@dataclass(frozen=True)
+class _Precision:
+    """Bytes per value of each kind of tensor, for one method on one device."""
+
+    base: float  # a frozen or master weight
+    act: int  # a matmul output (the autocast dtype where autocast is on)
+    residual: int  # the residual stream between layers (what checkpointing keeps)
+    adapter: int  # the LoRA path's saved input (fp32 adapters; 16-bit under autocast)
+    logits: int
+    autocast: bool
+
+
+def _precision(settings: Settings, method: str) -> _Precision:
+    compute = _compute_bytes(settings)
+    autocast = settings.device == "cuda" and method != "qlora"
+    act = 2 if autocast else compute
+    if method == "full":
+        return _Precision(4, act, 4, 0, act, autocast)
+    if method == "lora":
+        return _Precision(compute, act, compute, 2 if autocast else 4, act, autocast)
+    bits = bits_per_quantized_param(settings.double_quant)
+    # prepare_model_for_kbit_training upcast embeddings, norms and lm_head: fp32 stream and logits
+    return _Precision(bits / 8, compute, 4, 4, 4, False)
+
+
+def _norms_per_layer(info: ModelInfo) -> int:
+    """Hidden-sized norm vectors per layer, from the norm parameter count (Llama 2, Gemma 3
+    about 5 counting its q/k norms)."""
+    layers, hidden = max(info.num_layers, 1), max(info.hidden_size, 1)
+    return max(2, round(info.params_by_kind.get("norms", 0) / (layers * hidden)))
+
+
+def _per_layer(info: ModelInfo, value: float) -> float:
+    return value / max(info.num_layers, 1)
+
+
+def _trainable_linear_inputs(info: ModelInfo, autocast: bool) -> float:
+    """Values per token per layer that full fine-tuning saves as linear inputs (to compute the
+    weight gradients). Under autocast each linear casts and saves its own 16-bit copy;
+    without it, q/k/v (and gate/up) save their shared input once."""
+    if autocast:
+        return _per_layer(info, sum(g.in_features * g.count for g in info.linear_layers))
+    total = 0.0
+    for group in info.linear_layers:
+        if not any(group.name in shared for shared in _SHARED_INPUTS):
+            total += group.in_features * group.count
+    for shared in _SHARED_INPUTS:
+        members = [g.in_features * g.count for g in info.linear_layers if g.name in shared]
+        total += max(members, default=0)
+    return _per_layer(info, total)
+
+
+def _layer_bytes_per_token(info: ModelInfo, settings: Settings, method: str) -> float:
+    """Bytes one decoder layer saves for backward, per token, without checkpointing:
+
+    - norms: each keeps its fp32 input (RMSNorm upcasts); full also keeps the normalized output
+      that meets the trainable norm weight;
+    - attention: q, k, v after RoPE (k/v repeated to every head: padded batches carry a mask,
+      so SDPA gets no native GQA), the attention output, and an fp32 logsumexp per head;
+    - MLP: a gated (SwiGLU/GeGLU) MLP keeps the gate output, its activation and the up output
+      (3 * I); a plain one keeps the fc1 output (I);
+    - full only: the inputs of every trainable linear (o_proj and down_proj included);
+    - LoRA / QLoRA only, per targeted module: the adapter's input copy (peft casts it to the
+      fp32 adapter dtype, or autocast to 16-bit), the dropout mask (1 B per value when
+      dropout > 0) and the r-dim output of A; DoRA also keeps an out-sized result.
+    """
+    p = _precision(settings, method)
+    h = info.hidden_size
+    qd = (info.num_heads * info.head_dim) or h
+    norms = _norms_per_layer(info) * (4 + (p.residual if method == "full" else 0)) * h
+    attention = 4 * qd * p.act + 4 * info.num_heads
+    gated = any(g.name in _GATED_LEAVES for g in info.linear_layers)
+    mlp = (3 if gated else 1) * info.intermediate_size * p.act
+    extra = 0.0
+    if method == "full":
+        extra = _trainable_linear_inputs(info, p.autocast) * p.act
+    else:
+        mask = 1 if settings.lora_dropout > 0 else 0
+        for g in targeted_layers(info, settings.lora_targets):
+            per_module = p.adapter * (g.in_features + settings.lora_r) + mask * g.in_features
+            if settings.use_dora:
+                per_module += p.adapter * g.out_features
+            extra += _per_layer(info, per_module * g.count)
+    return norms + attention + mlp + extra
+
+
+def _tensor_sizes(info: ModelInfo, settings: Settings, method: str) -> list[tuple[int, int]]:
+    """(values per tensor, how many tensors) for every trainable tensor: the optimizer keeps
+    state per tensor, and bitsandbytes picks 8 or 32 bits by tensor size."""
+    if method != "full":
+        r = settings.lora_r
+        sizes = []
+        for g in targeted_layers(info, settings.lora_targets):
+            sizes += [(r * g.in_features, g.count), (g.out_features * r, g.count)]
+            if settings.use_dora:
+                sizes.append((g.out_features, g.count))
+        return sizes
+    sizes = [(g.in_features * g.out_features, g.count) for g in info.linear_layers]
+    embeddings = info.params_by_kind.get("embeddings", 0)
+    lm_head = info.params_by_kind.get("lm_head", 0)
+    sizes += [(n, 1) for n in (embeddings, lm_head) if n]
+    linear = sum(g.params for g in info.linear_layers)
+    rest = info.params_total - linear - embeddings - lm_head
+    if rest > 0:  # norms and biases: small vectors, so 32-bit states (1 value each)
+        sizes.append((1, rest))
+    return sizes
+
+
+def _optimizer_term(info: ModelInfo, settings: Settings, method: str) -> MemoryTerm:
+    name, sizes = settings.optimizer, _tensor_sizes(info, settings, method)
+    values = sum(n * count for n, count in sizes)
+    if name == "sgd":
+        return MemoryTerm("optimizer states", 0, "SGD without momentum keeps no state")
+    if name not in ADAM_OPTIMIZERS:
+        raise ValueError(f"optimizer {name!r} is not one of sgd, {', '.join(ADAM_OPTIMIZERS)}")
+    paged = ""
+    if name.startswith("paged"):
+        paged = (
+            "; paged: buffers of 100k+ values live in unified memory and can page to CPU RAM"
+            if settings.device == "cuda"
+            else "; paged is not supported on the CPU (bitsandbytes falls back to plain)"
+        )
+    if name in EIGHT_BIT_OPTIMIZERS:
+        small = sum(n * count for n, count in sizes if n < MIN_8BIT_SIZE)
+        big = values - small
+        blocks = sum(
+            math.ceil(n / OPTIM_BLOCKSIZE) * count for n, count in sizes if n >= MIN_8BIT_SIZE
+        )
+        total = 8 * small + 2 * big + 2 * 4 * blocks
+        detail = (
+            f"Adam 8-bit blockwise: 2 x uint8 + 2 x fp32 absmax per {OPTIM_BLOCKSIZE} values "
+            f"({2 + 8 / OPTIM_BLOCKSIZE:.3f} B) x {_count(big)} values; tensors under "
+            f"{MIN_8BIT_SIZE} values stay 32-bit (8 B) x {_count(small)}{paged}"
+        )
+        return MemoryTerm("optimizer states", total, detail)
+    detail = f"Adam 32-bit: exp_avg + exp_avg_sq, 8 B x {_count(values)} trainable values{paged}"
+    return MemoryTerm("optimizer states", 8 * values, detail)
+
+
+def _count(n: float) -> str:
+    """A parameter or token count in words people read: 41.9 M, 8.03 B."""
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f}"
+
+
+def _gb(n_bytes: float) -> str:
+    """Bytes as binary gigabytes, the unit GPU memory is sold in."""
+    return f"{n_bytes / GB:.1f} GB"
+
+
+# ---- the estimate ------------------------------------------------------------------------
+def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodEstimate:
+    """The peak memory ``method`` needs on ``settings.device``, term by term.
+
+    On cuda the figure is GPU memory (what ``torch.cuda.max_memory_reserved`` plus the CUDA
+    context shows); on cpu it is process memory (RSS), so a framework baseline replaces the
+    CUDA context. Raises ValueError for an unknown method, optimizer or compute dtype.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    p = _precision(settings, method)
+    b, s = settings.batch_size, settings.seq_len
+    tokens = b * s
+    total = info.params_total
+    quantized = sum(g.params for g in info.linear_layers)
+    lora = lora_trainable_params(info, settings.lora_r, settings.lora_targets)
+    dora = _dora_params(info, settings.lora_targets) if settings.use_dora else 0
+    trainable = total if method == "full" else lora + dora
+    terms: list[MemoryTerm] = []
+
+    if method == "full":
+        terms.append(
+            MemoryTerm("weights", 4 * total, f"fp32 master weights: 4 B x {_count(total)}")
+        )
+    elif method == "lora":
+        dtype = "fp32" if p.base == 4 else "16-bit"
+        detail = f"frozen base in {dtype}: {p.base:g} B x {_count(total)} params"
+        terms.append(MemoryTerm("weights", int(p.base * total), detail))
+    else:
+        bits = bits_per_quantized_param(settings.double_quant)
+        detail = f"4-bit {settings.quant_type}, two per byte: 0.5 B x {_count(quantized)} params"
+        terms.append(MemoryTerm("weights", quantized // 2, detail))
+        how = (
+            "double quant: uint8 absmax per 64 + fp32 per 256 blocks"
+            if settings.double_quant
+            else "fp32 absmax per 64-value block"
+        )
+        detail = f"{how}: {bits - 4:.3f} bit x {_count(quantized)} ({bits:.3f} bits/param in all)"
+        terms.append(MemoryTerm("quantization constants", int(quantized * (bits - 4) / 8), detail))
+        rest = total - quantized
+        detail = (
+            f"embeddings, norms, lm_head, biases upcast to fp32 by "
+            f"prepare_model_for_kbit_training: 4 B x {_count(rest)}"
+        )
+        terms.append(MemoryTerm("16-bit layers", 4 * rest, detail))
+    if method != "full":
+        detail = f"peft adapters in fp32: 4 B x {_count(lora)} (r={settings.lora_r})"
+        if dora:
+            detail += f" + DoRA magnitudes 4 B x {_count(dora)}"
+        terms.append(MemoryTerm("trainable parameters (LoRA)", 4 * trainable, detail))
+    if method == "full" and p.autocast:
+        linear = quantized + info.vocab_size * info.hidden_size  # lm_head is a linear too
+        detail = "autocast's 16-bit copy of each linear weight (saved for backward): 2 B x "
+        detail += _count(linear)
+        terms.append(MemoryTerm("autocast weight copies", 2 * linear, detail))
+    terms.append(
+        MemoryTerm("gradients", 4 * trainable, f"fp32: 4 B x {_count(trainable)} trainable")
+    )
+    terms.append(_optimizer_term(info, settings, method))
+    terms.append(_activations_term(info, settings, method, p))
+
+    logits = tokens * info.vocab_size * (p.logits + 8)
+    detail = (
+        f"b*s*V = {_count(tokens * info.vocab_size)} x ({p.logits} B logits + 4 B fp32 "
+        f"log-softmax + 4 B its gradient)"
+    )
+    terms.append(MemoryTerm("logits and loss", logits, detail))
+    if method == "qlora" and info.linear_layers:
+        largest = max(info.linear_layers, key=lambda g: g.in_features * g.out_features)
+        weight = largest.in_features * largest.out_features * p.act
+        grad_input = tokens * max(largest.in_features, largest.out_features) * p.act
+        detail = (
+            f"{largest.name} ({largest.out_features}x{largest.in_features}) dequantized to "
+            f"{p.act} B + its {_count(tokens)}-token grad-input in backward"
+        )
+        terms.append(MemoryTerm("dequantization transient", weight + grad_input, detail))
+
+    allocated = sum(t.bytes for t in terms)
+    if settings.device == "cuda":
+        terms.append(MemoryTerm("CUDA context", CUDA_CONTEXT_BYTES, "driver, cuBLAS and kernels"))
+    else:
+        detail = "torch + transformers resident in the process (RSS is what the CPU probe measures)"
+        terms.append(MemoryTerm("framework baseline", FRAMEWORK_BASELINE_BYTES, detail))
+    share = SLACK.get(settings.device, SLACK["cuda"])
+    detail = f"{share:.0%} of the allocated terms for fragmentation and cached blocks"
+    terms.append(MemoryTerm("allocator slack", int(share * allocated), detail))
+    for term in terms:
+        term.bytes = int(term.bytes)
+    dominant = max(terms, key=lambda t: t.bytes).name
+    return MethodEstimate(method, terms, sum(t.bytes for t in terms), trainable, dominant)
+
+
+def _activations_term(
+    info: ModelInfo, settings: Settings, method: str, p: _Precision
+) -> MemoryTerm:
+    """Saved activations: every layer's (:func:`_layer_bytes_per_token`) without
+    checkpointing; with it, each layer's input (residual stream) plus one layer recomputed in
+    backward. Plus the final norm's fp32 input and the attention mask: a bool (b, 1, s, s) mask
+    and SDPA's additive copy in the compute dtype per layer call."""
+    b, s = settings.batch_size, settings.seq_len
+    tokens, layers, h = b * s, info.num_layers, info.hidden_size
+    per_layer = _layer_bytes_per_token(info, settings, method)
+    mask = b * s * s
+    if settings.gradient_checkpointing:
+        per_token = layers * p.residual * h + per_layer + 4 * h
+        masks = mask * (1 + p.act)
+        how = (
+            f"checkpointing: {layers} layer inputs x {p.residual * h / 1024:.1f} KiB + one layer "
+            f"recomputed ({per_layer / 1024:.1f} KiB) per token"
+        )
+    else:
+        per_token = layers * per_layer + 4 * h
+        masks = mask * (1 + layers * p.act)
+        how = f"{per_layer / 1024:.1f} KiB per token per layer x {layers} layers"
+    detail = f"{how} x {_count(tokens)} tokens (b={b}, s={s}) + attention masks {_gb(masks)}"
+    return MemoryTerm("activations", int(tokens * per_token + masks), detail)
+
+
+def estimate_all(info: ModelInfo, settings: Settings) -> dict[str, MethodEstimate]:
+    """Estimates for full, lora and qlora at the same settings."""
+    return {method: estimate_memory(info, settings, method) for method in METHODS}
+
+
+# ---- the verdict -------------------------------------------------------------------------
+def _largest_fitting(fits: Callable[[int], bool], cap: int) -> int:
+    """The largest n in [1, cap] with ``fits(n)`` (``fits`` must be monotone), or 0."""
+    if cap < 1 or not fits(1):
+        return 0
+    low, high = 1, 2
+    while high <= cap and fits(high):
+        low, high = high, high * 2
+    high = min(high, cap + 1)  # fits(low) holds; fits(high) fails or high is past the cap
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def judge(
+    estimate: MethodEstimate, info: ModelInfo, settings: Settings, available_bytes: int
+) -> Verdict:
+    """Compare ``estimate`` with ``available_bytes``: "fits" when it needs at most 90% of it,
+    "tight" up to 100%, else "does not fit". ``max_batch_size`` and ``max_seq_len`` are the
+    largest values (at the other current settings) that still fit within 90%, found by
+    searching the estimator; the sequence is capped at the model's context length. ``advice``
+    names what to change, with what each change saves."""
+    method, needed = estimate.method, estimate.total_bytes
+    budget = FIT_SHARE * available_bytes
+    status = (
+        "fits" if needed <= budget else "tight" if needed <= available_bytes else "does not fit"
+    )
+
+    def fits_with(setting: str) -> Callable[[int], bool]:
+        def fits(n: int) -> bool:
+            trial = dataclasses.replace(settings, **{setting: n})
+            return estimate_memory(info, trial, method).total_bytes <= budget
+
+        return fits
+
+    max_batch = _largest_fitting(fits_with("batch_size"), 1 << 16)
+    max_seq = _largest_fitting(fits_with("seq_len"), info.context_length or 1 << 20)
+    verdict = Verdict(
+        method=method,
+        status=status,
+        available_bytes=int(available_bytes),
+        needed_bytes=needed,
+        headroom_bytes=int(available_bytes - needed),
+        dominant=estimate.dominant,
+        max_batch_size=max_batch,
+        max_seq_len=max_seq,
+    )
+    if status != "fits":
+        verdict.advice = _advice(estimate, info, settings, budget, max_batch, max_seq)
+    return verdict
+
+
+def _advice(
+    estimate: MethodEstimate,
+    info: ModelInfo,
+    settings: Settings,
+    budget: float,
+    max_batch: int,
+    max_seq: int,
+) -> list[str]:
+    """Concrete changes, the ones that reach the budget first, then the rest by saving."""
+    method, needed = estimate.method, estimate.total_bytes
+    advice: list[str] = []
+    if 0 < max_batch < settings.batch_size:
+        advice.append(
+            f"largest batch size that fits: {max_batch} (raise train.grad_accum to keep the "
+            "effective batch)"
+        )
+    if 0 < max_seq < settings.seq_len:
+        advice.append(
+            f"longest sequence that fits at batch {settings.batch_size}: {max_seq} "
+            "(lower data.max_length)"
+        )
+
+    def saving(**changes: Any) -> int:
+        trial = dataclasses.replace(settings, **changes)
+        return needed - estimate_memory(info, trial, method).total_bytes
+
+    options: list[tuple[int, str]] = []
+    if not settings.gradient_checkpointing:
+        saved = saving(gradient_checkpointing=True)
+        options.append((saved, f"turn on gradient checkpointing (saves ~{_gb(saved)})"))
+    if settings.optimizer not in ("paged_adamw_8bit", "sgd"):
+        saved = saving(optimizer="paged_adamw_8bit")
+        options.append((saved, f"switch optimizer to paged_adamw_8bit (saves ~{_gb(saved)})"))
+    if method != "full" and settings.lora_r > 8:
+        saved = saving(lora_r=8)
+        options.append((saved, f"lower lora.r to 8 (saves ~{_gb(saved)})"))
+    if method == "qlora" and not settings.double_quant:
+        saved = saving(double_quant=True)
+        options.append((saved, f"turn on quant.double_quant (saves ~{_gb(saved)})"))
+    for other in ("qlora", "lora") if method == "full" else ("qlora",) if method == "lora" else ():
+        other_needed = estimate_memory(info, settings, other).total_bytes
+        options.append(
+            (needed - other_needed, f"use {_METHOD_NAMES[other]} (needs ~{_gb(other_needed)})")
+        )
+    options.sort(key=lambda option: -option[0])
+    advice += [text for saved, text in options if saved > 0]
+    if estimate.dominant == "logits and loss":
+        advice.append(
+            f"the logits dominate: the {info.vocab_size:,}-token vocabulary costs "
+            f"{_gb((estimate.term('logits and loss') or MemoryTerm('', 0, '')).bytes)} at "
+            f"batch {settings.batch_size} x {settings.seq_len} tokens; shorter sequences or a "
+            "smaller batch shrink it"
+        )
+    if max_batch == 0:
+        trial = dataclasses.replace(settings, batch_size=1, seq_len=min(settings.seq_len, 64))
+        floor = estimate_memory(info, trial, method).total_bytes
+        if floor > budget:
+            advice.append(
+                f"even batch 1 at 64 tokens needs ~{_gb(floor)}: this method does not fit this "
+                "GPU at any batch or sequence length"
+            )
+    return advice
+
+
+_METHOD_NAMES = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
+
+
+# ---- system RAM --------------------------------------------------------------------------
+def _largest_shard(info: ModelInfo) -> tuple[int, str]:
+    """The largest safetensors file in the model folder, or the Hub's usual 5 GB shard (or the
+    whole model when smaller) when the folder holds no weights."""
+    try:
+        sizes = [f.stat().st_size for f in Path(info.path).glob("*.safetensors")]
+    except OSError:
+        sizes = []
+    if sizes:
+        return max(sizes), f"largest shard on disk {_gb(max(sizes))}"
+    stored = _STORED_BYTES.get(info.torch_dtype, 2) * info.params_total
+    shard = min(stored, DEFAULT_SHARD_BYTES)
+    return shard, f"no weights here: assumed shard {_gb(shard)}"
+
+
+def system_ram_needed(
+    info: ModelInfo, method: str, settings: Settings | None = None
+) -> dict[str, Any]:
+    """CPU RAM a GPU run needs outside the training loop, in bytes, with how each was computed:
+
+    - ``load``: peak while loading. safetensors are memory-mapped, so the stored weights pass
+      through RAM about one shard at a time. QLoRA loads with a device map and quantizes on the
+      GPU: about one shard. Full and LoRA build the model on the CPU in the training dtype
+      (full fp32; LoRA the compute dtype) before moving it: the whole model plus one shard.
+    - ``merge``: exporting a merged model loads the base in bf16 on the CPU (2 B/param), adds
+      the fp32 adapter, and writes one shard at a time; 10% margin. 0 for full fine-tuning.
+    """
+    settings = settings or Settings()
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    params = info.params_total
+    shard, shard_how = _largest_shard(info)
+    if method == "qlora":
+        load = shard
+        load_detail = f"weights stream to the GPU and are quantized there: {shard_how}"
+    else:
+        per_param = 4 if method == "full" else _precision(settings, "lora").base
+        load = int(per_param * params) + shard
+        load_detail = (
+            f"model built on the CPU at {per_param:g} B x {_count(params)} before moving to "
+            f"the GPU, + {shard_how}"
+        )
+    if method == "full":
+        merge, merge_detail = 0, "a full fine-tune is saved whole: nothing to merge"
+    else:
+        adapter = lora_trainable_params(info, settings.lora_r, settings.lora_targets)
+        merge = int(MERGE_MARGIN * (2 * params + 4 * adapter)) + shard
+        merge_detail = (
+            f"bf16 base 2 B x {_count(params)} + fp32 adapter 4 B x {_count(adapter)}, "
+            f"+10%, + one shard being written ({_gb(shard)})"
+        )
+    return {"load": load, "merge": merge, "load_detail": load_detail, "merge_detail": merge_detail}

@@ -1,0 +1,141 @@
+""""Verify fit": two real training steps on the longest batch the run will see, measured.
+
+On CUDA the measured peak is torch's peak reserved memory plus what the CUDA context and other
+non-torch allocations of this process hold (NVML used minus torch reserved, taken before the
+steps). On the CPU it is the peak resident memory of the process, sampled every few
+milliseconds from before the model loads to after the last step. Run it in a fresh process
+(``qlora-studio estimate --probe`` does) so nothing else is counted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from qlora_studio.config import RunConfig
+from qlora_studio.core.events import NullReporter, Reporter, make_event
+
+
+@dataclass
+class ProbeResult:
+    method: str
+    device: str
+    batch_size: int
+    seq_len: int  # tokens in the longest batch, after truncation
+    steps: int
+    peak_bytes: int  # the figure the estimate is judged against
+    detail: dict[str, int]  # the readings the peak is made of
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _PeakRss:
+    """Samples this process's RSS in a thread and keeps the maximum."""
+
+    def __init__(self, interval_s: float = 0.005):
+        import psutil
+
+        self._process = psutil.Process()
+        self.interval_s = interval_s
+        self.peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> _PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+def longest_rows(rows: list[dict], batch_size: int) -> list[dict]:
+    """The ``batch_size`` longest tokenized rows (repeated if the data has fewer)."""
+    ordered = sorted(rows, key=lambda r: len(r["input_ids"]), reverse=True)
+    return [ordered[i % len(ordered)] for i in range(batch_size)]
+
+
+def run_probe(cfg: RunConfig, *, steps: int = 2, reporter: Reporter | None = None) -> ProbeResult:
+    """Build the run's model exactly as training does and take ``steps`` optimizer steps on
+    the longest batch; return the measured peak. Writes nothing but a temporary folder."""
+    import tempfile
+
+    from qlora_studio.core.training import FineTuneRecipe
+
+    reporter = reporter or NullReporter()
+    started = time.time()
+    cfg = RunConfig.from_dict(cfg.to_dict())
+    cfg.train.max_steps = steps
+    cfg.train.save_steps = 10_000
+    cfg.data.validation_split = 0.0
+    cfg.data.eval_path = ""
+    with tempfile.TemporaryDirectory(prefix="qlora-probe-") as tmp, _PeakRss() as rss:
+        recipe = FineTuneRecipe(cfg, reporter=reporter, run_dir=Path(tmp) / "probe")
+        recipe.setup()
+        batch = longest_rows(recipe.prepared.train, cfg.train.batch_size)
+        recipe.prepared.train = batch * steps  # exactly `steps` batches, each the longest
+        seq_len = max(len(r["input_ids"]) for r in batch)
+        reporter.emit(make_event("status", message=f"Probe: {steps} steps at batch "
+                                 f"{cfg.train.batch_size} x {seq_len} tokens"))
+        cuda = _cuda_baseline() if recipe.device == "cuda" else None
+        try:
+            recipe.train()
+            detail = _cuda_peak(cuda) if cuda is not None else {}
+        finally:
+            recipe.cleanup()
+    if cuda is None:
+        detail = {"peak_rss_bytes": int(rss.peak)}
+        peak = int(rss.peak)
+    else:
+        peak = detail["peak_reserved_bytes"] + detail["non_torch_bytes"]
+    return ProbeResult(
+        method=cfg.method,
+        device=recipe.device,
+        batch_size=cfg.train.batch_size,
+        seq_len=seq_len,
+        steps=steps,
+        peak_bytes=int(peak),
+        detail=detail,
+        seconds=round(time.time() - started, 1),
+    )
+
+
+def _cuda_baseline() -> dict[str, int]:
+    import torch
+
+    from qlora_studio.core.gpu import nvml_device_memory
+
+    torch.cuda.synchronize()
+    index = torch.cuda.current_device()
+    nv = nvml_device_memory(index) or {}
+    reserved = int(torch.cuda.memory_reserved(index))
+    torch.cuda.reset_peak_memory_stats(index)
+    # what this process holds outside torch's allocator: the CUDA context, cuBLAS workspaces
+    # (other processes on the GPU would inflate this: the probe is meant for an idle GPU)
+    return {"nvml_used_before": int(nv.get("used", 0)), "reserved_before": reserved}
+
+
+def _cuda_peak(baseline: dict[str, int]) -> dict[str, int]:
+    import torch
+
+    torch.cuda.synchronize()
+    index = torch.cuda.current_device()
+    peak_reserved = int(torch.cuda.max_memory_reserved(index))
+    non_torch = max(baseline["nvml_used_before"] - baseline["reserved_before"], 0)
+    return {
+        "peak_reserved_bytes": peak_reserved,
+        "peak_allocated_bytes": int(torch.cuda.max_memory_allocated(index)),
+        "non_torch_bytes": non_torch,
+    }
