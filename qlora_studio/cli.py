@@ -79,6 +79,23 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="destination folder (must not exist)")
     _events_arg(export)
 
+    est = sub.add_parser("estimate", help="GPU memory for full, LoRA and QLoRA, and whether it fits")
+    est.add_argument("source", help="'demo', a local folder (config.json is enough), .gguf or hub id")
+    est.add_argument("--config", help="take batch size, sequence length, rank... from a run config")
+    est.add_argument("--method", default="all", choices=["full", "lora", "qlora", "all"])
+    est.add_argument("--batch-size", type=int, help="examples per step")
+    est.add_argument("--seq-len", type=int, help="tokens per example (the longest batch)")
+    est.add_argument("--gpu", default="auto",
+                     help="'auto' (NVML), a card such as 'RTX 4090', a size such as 24GB, or cpu")
+    est.add_argument("--probe", action="store_true",
+                     help="also run two real training steps and show the measured peak")
+    est.add_argument("--json", action="store_true", help="print JSON")
+
+    probe = sub.add_parser("probe", help="measure the peak memory of two training steps")
+    probe.add_argument("config", help="run config")
+    probe.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    probe.add_argument("--json", action="store_true", help="print one JSON object")
+
     gui = sub.add_parser("gui", help="open the desktop app")
     gui.add_argument("--config", help="open on a saved run config")
     return parser
@@ -103,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         "inspect-model": _cmd_inspect_model,
         "inspect-data": _cmd_inspect_data,
         "export": _cmd_export,
+        "estimate": _cmd_estimate,
+        "probe": _cmd_probe,
     }[args.command]
     return handler(args)
 
@@ -268,6 +287,18 @@ def _cmd_inspect_data(args) -> int:
         for row in report.get("sample_rows", [])[:3]:
             print("    " + json.dumps(row, ensure_ascii=False)[:160])
     return EXIT_OK
+
+
+def _cmd_estimate(args) -> int:
+    from qlora_studio.cli_memory import run_estimate
+
+    return run_estimate(args)
+
+
+def _cmd_probe(args) -> int:
+    from qlora_studio.cli_memory import run_probe_command
+
+    return run_probe_command(args)
 
 
 def _print_histogram(histogram: dict, max_length: int) -> None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,7 +100,7 @@ class Settings:
     :meth:`from_config`)."""
 
     batch_size: int = 4  # examples per step
-    seq_len: int = 512  # tokens per example (data.max_length: batches are padded up to it)
+    seq_len: int = 512  # tokens per row: data.max_length, the worst case (the longest batch)
     lora_r: int = 16
     lora_targets: list[str] | str = "all-linear"  # "all-linear" or leaf names such as "q_proj"
     quant_type: str = "nf4"  # nf4 | fp4: same storage
@@ -323,7 +322,8 @@ def _optimizer_term(info: ModelInfo, settings: Settings, method: str) -> MemoryT
     paged = ""
     if name.startswith("paged"):
         paged = (
-            "; paged: buffers of 100k+ values live in unified memory and can page to CPU RAM"
+            f"; paged: state buffers of {PAGED_MIN_SIZE:,}+ values live in unified memory and "
+            "can page out to CPU RAM under pressure"
             if settings.device == "cuda"
             else "; paged is not supported on the CPU (bitsandbytes falls back to plain)"
         )
@@ -337,7 +337,7 @@ def _optimizer_term(info: ModelInfo, settings: Settings, method: str) -> MemoryT
         detail = (
             f"Adam 8-bit blockwise: 2 x uint8 + 2 x fp32 absmax per {OPTIM_BLOCKSIZE} values "
             f"({2 + 8 / OPTIM_BLOCKSIZE:.3f} B) x {_count(big)} values; tensors under "
-            f"{MIN_8BIT_SIZE} values stay 32-bit (8 B) x {_count(small)}{paged}"
+            f"{MIN_8BIT_SIZE} values stay 32-bit (8 B) x {_count(small)} values{paged}"
         )
         return MemoryTerm("optimizer states", total, detail)
     detail = f"Adam 32-bit: exp_avg + exp_avg_sq, 8 B x {_count(values)} trainable values{paged}"
@@ -379,7 +379,7 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodE
 
     if method == "full":
         terms.append(
-            MemoryTerm("weights", 4 * total, f"fp32 master weights: 4 B x {_count(total)}")
+            MemoryTerm("weights", 4 * total, f"fp32 master weights: 4 B x {_count(total)} params")
         )
     elif method == "lora":
         dtype = "fp32" if p.base == 4 else "16-bit"
@@ -394,26 +394,28 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodE
             if settings.double_quant
             else "fp32 absmax per 64-value block"
         )
-        detail = f"{how}: {bits - 4:.3f} bit x {_count(quantized)} ({bits:.3f} bits/param in all)"
+        detail = (
+            f"{how}: {bits - 4:.3f} bit x {_count(quantized)} params ({bits:.3f} bits/param in all)"
+        )
         terms.append(MemoryTerm("quantization constants", int(quantized * (bits - 4) / 8), detail))
         rest = total - quantized
         detail = (
             f"embeddings, norms, lm_head, biases upcast to fp32 by "
-            f"prepare_model_for_kbit_training: 4 B x {_count(rest)}"
+            f"prepare_model_for_kbit_training: 4 B x {_count(rest)} params"
         )
         terms.append(MemoryTerm("16-bit layers", 4 * rest, detail))
     if method != "full":
-        detail = f"peft adapters in fp32: 4 B x {_count(lora)} (r={settings.lora_r})"
+        detail = f"peft adapters in fp32: 4 B x {_count(lora)} params (r={settings.lora_r})"
         if dora:
-            detail += f" + DoRA magnitudes 4 B x {_count(dora)}"
+            detail += f" + DoRA magnitudes 4 B x {_count(dora)} params"
         terms.append(MemoryTerm("trainable parameters (LoRA)", 4 * trainable, detail))
     if method == "full" and p.autocast:
         linear = quantized + info.vocab_size * info.hidden_size  # lm_head is a linear too
         detail = "autocast's 16-bit copy of each linear weight (saved for backward): 2 B x "
-        detail += _count(linear)
+        detail += f"{_count(linear)} params"
         terms.append(MemoryTerm("autocast weight copies", 2 * linear, detail))
     terms.append(
-        MemoryTerm("gradients", 4 * trainable, f"fp32: 4 B x {_count(trainable)} trainable")
+        MemoryTerm("gradients", 4 * trainable, f"fp32: 4 B x {_count(trainable)} trainable params")
     )
     terms.append(_optimizer_term(info, settings, method))
     terms.append(_activations_term(info, settings, method, p))
@@ -430,7 +432,7 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodE
         grad_input = tokens * max(largest.in_features, largest.out_features) * p.act
         detail = (
             f"{largest.name} ({largest.out_features}x{largest.in_features}) dequantized to "
-            f"{p.act} B + its {_count(tokens)}-token grad-input in backward"
+            f"{p.act} B, + a {_count(tokens)}-token gradient of its wider side in backward"
         )
         terms.append(MemoryTerm("dequantization transient", weight + grad_input, detail))
 
@@ -481,8 +483,17 @@ def estimate_all(info: ModelInfo, settings: Settings) -> dict[str, MethodEstimat
 
 
 # ---- the verdict -------------------------------------------------------------------------
-def _largest_fitting(fits: Callable[[int], bool], cap: int) -> int:
-    """The largest n in [1, cap] with ``fits(n)`` (``fits`` must be monotone), or 0."""
+def _largest_fitting(
+    info: ModelInfo, settings: Settings, method: str, budget: float, setting: str, cap: int
+) -> int:
+    """The largest value in [1, cap] of ``setting`` (batch_size or seq_len) whose estimate stays
+    within ``budget``, the other settings unchanged; 0 when even 1 does not. The estimate grows
+    with both, so doubling then bisecting finds it."""
+
+    def fits(n: int) -> bool:
+        trial = dataclasses.replace(settings, **{setting: n})
+        return estimate_memory(info, trial, method).total_bytes <= budget
+
     if cap < 1 or not fits(1):
         return 0
     low, high = 1, 2
@@ -502,22 +513,15 @@ def judge(
     "tight" up to 100%, else "does not fit". ``max_batch_size`` and ``max_seq_len`` are the
     largest values (at the other current settings) that still fit within 90%, found by
     searching the estimator; the sequence is capped at the model's context length. ``advice``
-    names what to change, with what each change saves."""
+    (when it does not fit comfortably) names what to change and what each change saves."""
     method, needed = estimate.method, estimate.total_bytes
     budget = FIT_SHARE * available_bytes
     status = (
         "fits" if needed <= budget else "tight" if needed <= available_bytes else "does not fit"
     )
-
-    def fits_with(setting: str) -> Callable[[int], bool]:
-        def fits(n: int) -> bool:
-            trial = dataclasses.replace(settings, **{setting: n})
-            return estimate_memory(info, trial, method).total_bytes <= budget
-
-        return fits
-
-    max_batch = _largest_fitting(fits_with("batch_size"), 1 << 16)
-    max_seq = _largest_fitting(fits_with("seq_len"), info.context_length or 1 << 20)
+    max_batch = _largest_fitting(info, settings, method, budget, "batch_size", 1 << 16)
+    context = info.context_length or 1 << 20
+    max_seq = _largest_fitting(info, settings, method, budget, "seq_len", context)
     verdict = Verdict(
         method=method,
         status=status,
@@ -533,6 +537,11 @@ def judge(
     return verdict
 
 
+_METHOD_NAMES = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
+_CHEAPER = {"full": ("lora", "qlora"), "lora": ("qlora",), "qlora": ()}
+_WEIGHT_TERMS = ("weights", "quantization constants", "16-bit layers")
+
+
 def _advice(
     estimate: MethodEstimate,
     info: ModelInfo,
@@ -541,7 +550,7 @@ def _advice(
     max_batch: int,
     max_seq: int,
 ) -> list[str]:
-    """Concrete changes, the ones that reach the budget first, then the rest by saving."""
+    """Concrete changes: the batch and sequence that fit, then each switch by what it saves."""
     method, needed = estimate.method, estimate.total_bytes
     advice: list[str] = []
     if 0 < max_batch < settings.batch_size:
@@ -555,49 +564,51 @@ def _advice(
             "(lower data.max_length)"
         )
 
-    def saving(**changes: Any) -> int:
+    def needs(other: str = method, **changes: Any) -> int:
         trial = dataclasses.replace(settings, **changes)
-        return needed - estimate_memory(info, trial, method).total_bytes
+        return estimate_memory(info, trial, other).total_bytes
 
     options: list[tuple[int, str]] = []
     if not settings.gradient_checkpointing:
-        saved = saving(gradient_checkpointing=True)
+        saved = needed - needs(gradient_checkpointing=True)
         options.append((saved, f"turn on gradient checkpointing (saves ~{_gb(saved)})"))
     if settings.optimizer not in ("paged_adamw_8bit", "sgd"):
-        saved = saving(optimizer="paged_adamw_8bit")
+        saved = needed - needs(optimizer="paged_adamw_8bit")
         options.append((saved, f"switch optimizer to paged_adamw_8bit (saves ~{_gb(saved)})"))
     if method != "full" and settings.lora_r > 8:
-        saved = saving(lora_r=8)
+        saved = needed - needs(lora_r=8)
         options.append((saved, f"lower lora.r to 8 (saves ~{_gb(saved)})"))
     if method == "qlora" and not settings.double_quant:
-        saved = saving(double_quant=True)
+        saved = needed - needs(double_quant=True)
         options.append((saved, f"turn on quant.double_quant (saves ~{_gb(saved)})"))
-    for other in ("qlora", "lora") if method == "full" else ("qlora",) if method == "lora" else ():
-        other_needed = estimate_memory(info, settings, other).total_bytes
-        options.append(
-            (needed - other_needed, f"use {_METHOD_NAMES[other]} (needs ~{_gb(other_needed)})")
-        )
+    for other in _CHEAPER[method]:
+        other_needed = needs(other)
+        if other_needed < needed:
+            text = f"use {_METHOD_NAMES[other]} (needs ~{_gb(other_needed)})"
+            options.append((needed - other_needed, text))
+        elif max_batch == 0:  # heavier at this batch, yet it may fit where this method cannot
+            batch = _largest_fitting(info, settings, other, budget, "batch_size", 1 << 16)
+            if batch:
+                at_batch = needs(other, batch_size=batch)
+                text = f"use {_METHOD_NAMES[other]} at batch {batch} (needs ~{_gb(at_batch)})"
+                options.append((needed - at_batch, text))
     options.sort(key=lambda option: -option[0])
     advice += [text for saved, text in options if saved > 0]
-    if estimate.dominant == "logits and loss":
+    logits = estimate.term("logits and loss")
+    if estimate.dominant == "logits and loss" and logits is not None:
         advice.append(
             f"the logits dominate: the {info.vocab_size:,}-token vocabulary costs "
-            f"{_gb((estimate.term('logits and loss') or MemoryTerm('', 0, '')).bytes)} at "
-            f"batch {settings.batch_size} x {settings.seq_len} tokens; shorter sequences or a "
-            "smaller batch shrink it"
+            f"{_gb(logits.bytes)} at batch {settings.batch_size} x {settings.seq_len} tokens; "
+            "shorter sequences or a smaller batch shrink it"
         )
-    if max_batch == 0:
-        trial = dataclasses.replace(settings, batch_size=1, seq_len=min(settings.seq_len, 64))
-        floor = estimate_memory(info, trial, method).total_bytes
-        if floor > budget:
-            advice.append(
-                f"even batch 1 at 64 tokens needs ~{_gb(floor)}: this method does not fit this "
-                "GPU at any batch or sequence length"
-            )
+    if max_batch == 0 and max_seq < 64:
+        floor = needs(batch_size=1, seq_len=64)
+        weights = sum(t.bytes for t in estimate.terms if t.name in _WEIGHT_TERMS)
+        advice.append(
+            f"even at batch 1 and 64 tokens {_METHOD_NAMES[method]} needs ~{_gb(floor)} "
+            f"(the weights alone {_gb(weights)}): no batch or sequence length fits this GPU"
+        )
     return advice
-
-
-_METHOD_NAMES = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
 
 
 # ---- system RAM --------------------------------------------------------------------------

@@ -17,6 +17,8 @@ CORE_MODULES = [
     "qlora_studio.core.callbacks",
     "qlora_studio.core.data_files",
     "qlora_studio.core.templates",
+    "qlora_studio.core.memory",
+    "qlora_studio.core.probe",
 ]
 
 

@@ -1,0 +1,198 @@
+"""`qlora-studio estimate` and `qlora-studio probe`: will it fit, and what it really takes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED = 0, 1
+_NAMES = {"full": "Full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.2f} GB"
+
+
+def _fail(message: str, hint: str = "") -> int:
+    print(f"✗ {message}", file=sys.stderr)
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _load_config(path: str | None, source: str):
+    from qlora_studio.config import RunConfig
+    from qlora_studio.resources import resources_dir
+
+    if path:
+        return RunConfig.load(path)
+    cfg = RunConfig.load(resources_dir() / "configs" / "demo-qlora.yaml")
+    cfg.model.source = source
+    return cfg
+
+
+def _target(spec: str) -> tuple[str, Any, int, str]:
+    """(device, gpu or None, available bytes or 0, a line saying what the estimate is judged
+    against)."""
+    from qlora_studio.core.gpu import gpu_status, list_gpus, resolve_gpu, system_memory
+
+    if spec.lower() == "cpu":
+        ram = system_memory()
+        return "cpu", None, ram["available_bytes"], (
+            f"CPU: {_gb(ram['available_bytes'])} of {_gb(ram['total_bytes'])} RAM available"
+        )
+    if spec.lower() == "auto":
+        gpus = list_gpus()
+        if not gpus:
+            status = gpu_status()
+            return "cuda", None, 0, (
+                f"GPU: {status.get('message', 'no NVIDIA GPU found')}; pass --gpu with a card "
+                "(e.g. 'RTX 4090') or a size (e.g. 24GB) to judge the fit"
+            )
+        gpu = gpus[0]
+    else:
+        gpu = resolve_gpu(spec)
+    used = f", {_gb(gpu.used_bytes)} in use" if gpu.source == "nvml" else ""
+    where = {"nvml": "NVML", "catalogue": "catalogue", "custom": "custom size"}.get(gpu.source, "")
+    return "cuda", gpu, gpu.free_bytes, (
+        f"GPU {gpu.index}: {gpu.name} ({where}) {_gb(gpu.total_bytes)} total, "
+        f"{_gb(gpu.free_bytes)} free{used}"
+    )
+
+
+def run_estimate(args) -> int:
+    from qlora_studio.config import ConfigError
+    from qlora_studio.core.errors import StudioError
+    from qlora_studio.core.memory import METHODS, Settings, estimate_memory, judge, system_ram_needed
+    from qlora_studio.core.models import inspect_model
+
+    try:
+        cfg = _load_config(args.config, args.source)
+        info = inspect_model(args.source)
+        device, gpu, available, gpu_line = _target(args.gpu)
+    except ConfigError as exc:
+        return _fail(f"config error: {exc.field}: {exc.message}", exc.hint)
+    except StudioError as exc:
+        return _fail(exc.message, exc.hint)
+    settings = Settings.from_config(cfg, device=device)
+    if args.batch_size:
+        settings.batch_size = args.batch_size
+    if args.seq_len:
+        settings.seq_len = args.seq_len
+    methods = list(METHODS) if args.method == "all" else [args.method]
+    report: dict[str, Any] = {
+        "model": info.to_dict() | {"linear_layers": None},
+        "settings": settings.__dict__,
+        "target": {"device": device, "line": gpu_line, "available_bytes": available,
+                   "gpu": gpu.__dict__ if gpu else None},
+        "methods": {},
+    }
+    for method in methods:
+        estimate = estimate_memory(info, settings, method)
+        entry: dict[str, Any] = {"estimate": estimate.to_dict(),
+                                 "system_ram": system_ram_needed(info, method, settings)}
+        if available:
+            entry["verdict"] = judge(estimate, info, settings, available).to_dict()
+        report["methods"][method] = entry
+    if args.probe:
+        probe_method = cfg.method if args.method == "all" else args.method
+        report["probe"] = _probe_child(cfg, probe_method, settings)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        _print_report(info, settings, report)
+    return EXIT_OK
+
+
+def _print_report(info, settings, report: dict[str, Any]) -> None:
+    ckpt = "on" if settings.gradient_checkpointing else "off"
+    print(f"{info.architecture} ({info.model_type}), {info.params_total / 1e6:,.1f} M parameters")
+    print(f"batch {settings.batch_size} x {settings.seq_len} tokens, compute "
+          f"{settings.compute_dtype}, optimizer {settings.optimizer}, LoRA r={settings.lora_r}, "
+          f"gradient checkpointing {ckpt}")
+    print(report["target"]["line"])
+    for method, entry in report["methods"].items():
+        estimate = entry["estimate"]
+        print(f"\n{_NAMES[method]}  ({estimate['trainable_params']:,} trainable parameters)")
+        for term in estimate["terms"]:
+            print(f"  {term['name']:<28} {_gb(term['bytes']):>10}  {term['detail']}")
+        print(f"  {'total':<28} {_gb(estimate['total_bytes']):>10}  "
+              f"largest term: {estimate['dominant']}")
+        ram = entry["system_ram"]
+        print(f"  system RAM: load {_gb(ram['load'])}"
+              + (f", merge {_gb(ram['merge'])}" if ram.get("merge") else ""))
+        verdict = entry.get("verdict")
+        if verdict:
+            print(f"  verdict: {verdict['status'].upper()} — needs {_gb(verdict['needed_bytes'])}"
+                  f" of {_gb(verdict['available_bytes'])}; largest batch that fits "
+                  f"{verdict['max_batch_size']}, longest sequence {verdict['max_seq_len']:,}")
+            for advice in verdict["advice"]:
+                print(f"    - {advice}")
+    probe = report.get("probe")
+    if probe:
+        print()
+        if "error" in probe:
+            print(f"Probe failed: {probe['error']}")
+        else:
+            print(f"Probe ({_NAMES[probe['method']]}, {probe['steps']} steps on {probe['device']}, "
+                  f"batch {probe['batch_size']} x {probe['seq_len']} tokens, "
+                  f"{probe['seconds']:.0f} s): measured {_gb(probe['peak_bytes'])}, "
+                  f"estimated {_gb(probe['estimate_bytes'])} at the same settings "
+                  f"({probe['error_pct']:+.1f}%)")
+
+
+def _probe_child(cfg, method: str, settings) -> dict[str, Any]:
+    """Run the probe in a fresh process so only its own memory is measured."""
+    cfg.method = method
+    cfg.train.batch_size = settings.batch_size
+    cfg.data.max_length = settings.seq_len
+    with tempfile.TemporaryDirectory(prefix="qlora-probe-cfg-") as tmp:
+        path = cfg.save(Path(tmp) / "probe.yaml")
+        print(f"• probing {method}: two training steps on the longest batch...", file=sys.stderr)
+        result = subprocess.run(
+            [sys.executable, "-m", "qlora_studio", "probe", str(path), "--json"],
+            capture_output=True, text=True,
+        )
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        return {"error": " | ".join(lines[-2:]) or f"exit code {result.returncode}"}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_probe_command(args) -> int:
+    from qlora_studio.config import ConfigError, RunConfig
+    from qlora_studio.core.errors import StudioError
+    from qlora_studio.core.events import TextReporter
+    from qlora_studio.core.memory import Settings, estimate_memory
+    from qlora_studio.core.models import inspect_model
+    from qlora_studio.core.probe import run_probe
+
+    try:
+        cfg = RunConfig.load(args.config).with_overrides(args.overrides)
+        result = run_probe(cfg, reporter=TextReporter(sys.stderr))
+        info = inspect_model(cfg.model.source, allow_pickle=cfg.model.allow_pickle,
+                             trust_remote_code=cfg.model.trust_remote_code)
+    except ConfigError as exc:
+        return _fail(f"config error: {exc.field}: {exc.message}", exc.hint)
+    except StudioError as exc:
+        return _fail(exc.message, exc.hint)
+    settings = Settings.from_config(cfg, device=result.device)
+    settings.seq_len = result.seq_len
+    estimate = estimate_memory(info, settings, cfg.method)
+    data = result.to_dict() | {
+        "estimate_bytes": estimate.total_bytes,
+        "dominant": estimate.dominant,
+        "error_pct": round(100 * (estimate.total_bytes - result.peak_bytes) / result.peak_bytes, 1),
+        "terms": {t.name: t.bytes for t in estimate.terms},
+    }
+    if args.json:
+        print(json.dumps(data))
+    else:
+        print(f"{cfg.method} on {result.device}: batch {result.batch_size} x {result.seq_len} "
+              f"tokens, measured peak {_gb(result.peak_bytes)}, estimate "
+              f"{_gb(estimate.total_bytes)} ({data['error_pct']:+.1f}%)")
+    return EXIT_OK
