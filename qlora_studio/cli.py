@@ -79,16 +79,26 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="destination folder (must not exist)")
     _events_arg(export)
 
-    est = sub.add_parser("estimate", help="GPU memory for full, LoRA and QLoRA, and whether it fits")
-    est.add_argument("source", help="'demo', a local folder (config.json is enough), .gguf or hub id")
+    est = sub.add_parser(
+        "estimate", help="GPU memory for full, LoRA and QLoRA, and whether it fits"
+    )
+    est.add_argument(
+        "source", help="'demo', a local folder (config.json is enough), .gguf or hub id"
+    )
     est.add_argument("--config", help="take batch size, sequence length, rank... from a run config")
     est.add_argument("--method", default="all", choices=["full", "lora", "qlora", "all"])
     est.add_argument("--batch-size", type=int, help="examples per step")
     est.add_argument("--seq-len", type=int, help="tokens per example (the longest batch)")
-    est.add_argument("--gpu", default="auto",
-                     help="'auto' (NVML), a card such as 'RTX 4090', a size such as 24GB, or cpu")
-    est.add_argument("--probe", action="store_true",
-                     help="also run two real training steps and show the measured peak")
+    est.add_argument(
+        "--gpu",
+        default="auto",
+        help="'auto' (NVML), a card such as 'RTX 4090', a size such as 24GB, or cpu",
+    )
+    est.add_argument(
+        "--probe",
+        action="store_true",
+        help="also run two real training steps and show the measured peak",
+    )
     est.add_argument("--json", action="store_true", help="print JSON")
 
     probe = sub.add_parser("probe", help="measure the peak memory of two training steps")

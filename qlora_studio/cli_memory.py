@@ -30,9 +30,11 @@ def _load_config(path: str | None, source: str):
 
     if path:
         return RunConfig.load(path)
-    cfg = RunConfig.load(resources_dir() / "configs" / "demo-qlora.yaml")
+    # the config defaults (the probe trains on the demo dataset)
+    cfg = RunConfig()
     cfg.model.source = source
-    return cfg
+    cfg.data.path = str(resources_dir() / "datasets" / "dates-train.jsonl")
+    return cfg.validate()
 
 
 def _target(spec: str) -> tuple[str, Any, int, str]:
@@ -42,32 +44,51 @@ def _target(spec: str) -> tuple[str, Any, int, str]:
 
     if spec.lower() == "cpu":
         ram = system_memory()
-        return "cpu", None, ram["available_bytes"], (
-            f"CPU: {_gb(ram['available_bytes'])} of {_gb(ram['total_bytes'])} RAM available"
+        return (
+            "cpu",
+            None,
+            ram["available_bytes"],
+            (f"CPU: {_gb(ram['available_bytes'])} of {_gb(ram['total_bytes'])} RAM available"),
         )
     if spec.lower() == "auto":
         gpus = list_gpus()
         if not gpus:
             status = gpu_status()
-            return "cuda", None, 0, (
-                f"GPU: {status.get('message', 'no NVIDIA GPU found')}; pass --gpu with a card "
-                "(e.g. 'RTX 4090') or a size (e.g. 24GB) to judge the fit"
+            return (
+                "cuda",
+                None,
+                0,
+                (
+                    f"GPU: {status.get('message', 'no NVIDIA GPU found')}; pass --gpu with a card "
+                    "(e.g. 'RTX 4090') or a size (e.g. 24GB) to judge the fit"
+                ),
             )
         gpu = gpus[0]
     else:
         gpu = resolve_gpu(spec)
     used = f", {_gb(gpu.used_bytes)} in use" if gpu.source == "nvml" else ""
     where = {"nvml": "NVML", "catalogue": "catalogue", "custom": "custom size"}.get(gpu.source, "")
-    return "cuda", gpu, gpu.free_bytes, (
-        f"GPU {gpu.index}: {gpu.name} ({where}) {_gb(gpu.total_bytes)} total, "
-        f"{_gb(gpu.free_bytes)} free{used}"
+    return (
+        "cuda",
+        gpu,
+        gpu.free_bytes,
+        (
+            f"{f'GPU {gpu.index}' if gpu.source == 'nvml' else 'GPU'}: {gpu.name} ({where}) {_gb(gpu.total_bytes)} total, "
+            f"{_gb(gpu.free_bytes)} free{used}"
+        ),
     )
 
 
 def run_estimate(args) -> int:
     from qlora_studio.config import ConfigError
     from qlora_studio.core.errors import StudioError
-    from qlora_studio.core.memory import METHODS, Settings, estimate_memory, judge, system_ram_needed
+    from qlora_studio.core.memory import (
+        METHODS,
+        Settings,
+        estimate_memory,
+        judge,
+        system_ram_needed,
+    )
     from qlora_studio.core.models import inspect_model
 
     try:
@@ -87,14 +108,20 @@ def run_estimate(args) -> int:
     report: dict[str, Any] = {
         "model": info.to_dict() | {"linear_layers": None},
         "settings": settings.__dict__,
-        "target": {"device": device, "line": gpu_line, "available_bytes": available,
-                   "gpu": gpu.__dict__ if gpu else None},
+        "target": {
+            "device": device,
+            "line": gpu_line,
+            "available_bytes": available,
+            "gpu": gpu.__dict__ if gpu else None,
+        },
         "methods": {},
     }
     for method in methods:
         estimate = estimate_memory(info, settings, method)
-        entry: dict[str, Any] = {"estimate": estimate.to_dict(),
-                                 "system_ram": system_ram_needed(info, method, settings)}
+        entry: dict[str, Any] = {
+            "estimate": estimate.to_dict(),
+            "system_ram": system_ram_needed(info, method, settings),
+        }
         if available:
             entry["verdict"] = judge(estimate, info, settings, available).to_dict()
         report["methods"][method] = entry
@@ -111,25 +138,33 @@ def run_estimate(args) -> int:
 def _print_report(info, settings, report: dict[str, Any]) -> None:
     ckpt = "on" if settings.gradient_checkpointing else "off"
     print(f"{info.architecture} ({info.model_type}), {info.params_total / 1e6:,.1f} M parameters")
-    print(f"batch {settings.batch_size} x {settings.seq_len} tokens, compute "
-          f"{settings.compute_dtype}, optimizer {settings.optimizer}, LoRA r={settings.lora_r}, "
-          f"gradient checkpointing {ckpt}")
+    print(
+        f"batch {settings.batch_size} x {settings.seq_len} tokens, compute "
+        f"{settings.compute_dtype}, optimizer {settings.optimizer}, LoRA r={settings.lora_r}, "
+        f"gradient checkpointing {ckpt}"
+    )
     print(report["target"]["line"])
     for method, entry in report["methods"].items():
         estimate = entry["estimate"]
         print(f"\n{_NAMES[method]}  ({estimate['trainable_params']:,} trainable parameters)")
         for term in estimate["terms"]:
             print(f"  {term['name']:<28} {_gb(term['bytes']):>10}  {term['detail']}")
-        print(f"  {'total':<28} {_gb(estimate['total_bytes']):>10}  "
-              f"largest term: {estimate['dominant']}")
+        print(
+            f"  {'total':<28} {_gb(estimate['total_bytes']):>10}  "
+            f"largest term: {estimate['dominant']}"
+        )
         ram = entry["system_ram"]
-        print(f"  system RAM: load {_gb(ram['load'])}"
-              + (f", merge {_gb(ram['merge'])}" if ram.get("merge") else ""))
+        print(
+            f"  system RAM: load {_gb(ram['load'])}"
+            + (f", merge {_gb(ram['merge'])}" if ram.get("merge") else "")
+        )
         verdict = entry.get("verdict")
         if verdict:
-            print(f"  verdict: {verdict['status'].upper()} — needs {_gb(verdict['needed_bytes'])}"
-                  f" of {_gb(verdict['available_bytes'])}; largest batch that fits "
-                  f"{verdict['max_batch_size']}, longest sequence {verdict['max_seq_len']:,}")
+            print(
+                f"  verdict: {verdict['status'].upper()} — needs {_gb(verdict['needed_bytes'])}"
+                f" of {_gb(verdict['available_bytes'])}; largest batch that fits "
+                f"{verdict['max_batch_size']}, longest sequence {verdict['max_seq_len']:,}"
+            )
             for advice in verdict["advice"]:
                 print(f"    - {advice}")
     probe = report.get("probe")
@@ -138,11 +173,13 @@ def _print_report(info, settings, report: dict[str, Any]) -> None:
         if "error" in probe:
             print(f"Probe failed: {probe['error']}")
         else:
-            print(f"Probe ({_NAMES[probe['method']]}, {probe['steps']} steps on {probe['device']}, "
-                  f"batch {probe['batch_size']} x {probe['seq_len']} tokens, "
-                  f"{probe['seconds']:.0f} s): measured {_gb(probe['peak_bytes'])}, "
-                  f"estimated {_gb(probe['estimate_bytes'])} at the same settings "
-                  f"({probe['error_pct']:+.1f}%)")
+            print(
+                f"Probe ({_NAMES[probe['method']]}, {probe['steps']} steps on {probe['device']}, "
+                f"batch {probe['batch_size']} x {probe['seq_len']} tokens, "
+                f"{probe['seconds']:.0f} s): measured {_gb(probe['peak_bytes'])}, "
+                f"estimated {_gb(probe['estimate_bytes'])} at the same settings "
+                f"({probe['error_pct']:+.1f}%)"
+            )
 
 
 def _probe_child(cfg, method: str, settings) -> dict[str, Any]:
@@ -155,7 +192,8 @@ def _probe_child(cfg, method: str, settings) -> dict[str, Any]:
         print(f"• probing {method}: two training steps on the longest batch...", file=sys.stderr)
         result = subprocess.run(
             [sys.executable, "-m", "qlora_studio", "probe", str(path), "--json"],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -174,8 +212,11 @@ def run_probe_command(args) -> int:
     try:
         cfg = RunConfig.load(args.config).with_overrides(args.overrides)
         result = run_probe(cfg, reporter=TextReporter(sys.stderr))
-        info = inspect_model(cfg.model.source, allow_pickle=cfg.model.allow_pickle,
-                             trust_remote_code=cfg.model.trust_remote_code)
+        info = inspect_model(
+            cfg.model.source,
+            allow_pickle=cfg.model.allow_pickle,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
     except ConfigError as exc:
         return _fail(f"config error: {exc.field}: {exc.message}", exc.hint)
     except StudioError as exc:
@@ -192,7 +233,9 @@ def run_probe_command(args) -> int:
     if args.json:
         print(json.dumps(data))
     else:
-        print(f"{cfg.method} on {result.device}: batch {result.batch_size} x {result.seq_len} "
-              f"tokens, measured peak {_gb(result.peak_bytes)}, estimate "
-              f"{_gb(estimate.total_bytes)} ({data['error_pct']:+.1f}%)")
+        print(
+            f"{cfg.method} on {result.device}: batch {result.batch_size} x {result.seq_len} "
+            f"tokens, measured peak {_gb(result.peak_bytes)}, estimate "
+            f"{_gb(estimate.total_bytes)} ({data['error_pct']:+.1f}%)"
+        )
     return EXIT_OK

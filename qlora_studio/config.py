@@ -308,7 +308,10 @@ class RunConfig:
 
         self.data.path = resolve(self.data.path)
         self.data.eval_path = resolve(self.data.eval_path)
-        self.model.source = resolve(self.model.source)
+        if (
+            self.model.source.strip().lower() != "demo"
+        ):  # never a folder that happens to be named so
+            self.model.source = resolve(self.model.source)
         return self
 
     def save(self, path: str | Path) -> Path:

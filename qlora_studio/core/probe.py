@@ -51,6 +51,12 @@ class _PeakRss:
             self.peak = max(self.peak, self._process.memory_info().rss)
             self._stop.wait(self.interval_s)
 
+    def mark(self) -> int:
+        """Return the peak so far and start a new one from the current RSS."""
+        peak = max(self.peak, self._process.memory_info().rss)
+        self.peak = self._process.memory_info().rss
+        return peak
+
     def __enter__(self) -> _PeakRss:
         self._thread.start()
         return self
@@ -90,14 +96,17 @@ def run_probe(cfg: RunConfig, *, steps: int = 2, reporter: Reporter | None = Non
         reporter.emit(make_event("status", message=f"Probe: {steps} steps at batch "
                                  f"{cfg.train.batch_size} x {seq_len} tokens"))
         cuda = _cuda_baseline() if recipe.device == "cuda" else None
+        load_peak = rss.mark()
         try:
             recipe.train()
             detail = _cuda_peak(cuda) if cuda is not None else {}
         finally:
             recipe.cleanup()
     if cuda is None:
-        detail = {"peak_rss_bytes": int(rss.peak)}
-        peak = int(rss.peak)
+        # the whole run's peak (loading included), and the training steps' own
+        peak = max(int(rss.peak), int(load_peak))
+        detail = {"peak_rss_bytes": peak, "load_peak_rss_bytes": int(load_peak),
+                  "steps_peak_rss_bytes": int(rss.peak)}
     else:
         peak = detail["peak_reserved_bytes"] + detail["non_torch_bytes"]
     return ProbeResult(

@@ -118,6 +118,7 @@ def test_relative_paths_resolve_against_config_folder(tmp_path, monkeypatch):
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "data.jsonl").write_text("{}\n")
     (tmp_path / "cfg" / "run.yaml").write_text("data:\n  path: data.jsonl\n")
+    (tmp_path / "demo").mkdir()  # a folder named like the demo source must not capture it
     monkeypatch.chdir(tmp_path)
     cfg = RunConfig.load(tmp_path / "cfg" / "run.yaml")
     assert cfg.data.path == str((tmp_path / "cfg" / "data.jsonl").resolve())
