@@ -67,13 +67,14 @@ def _target(spec: str) -> tuple[str, Any, int, str]:
     else:
         gpu = resolve_gpu(spec)
     used = f", {_gb(gpu.used_bytes)} in use" if gpu.source == "nvml" else ""
+    label = f"GPU {gpu.index}" if gpu.source == "nvml" else "GPU"
     where = {"nvml": "NVML", "catalogue": "catalogue", "custom": "custom size"}.get(gpu.source, "")
     return (
         "cuda",
         gpu,
         gpu.free_bytes,
         (
-            f"{f'GPU {gpu.index}' if gpu.source == 'nvml' else 'GPU'}: {gpu.name} ({where}) {_gb(gpu.total_bytes)} total, "
+            f"{label}: {gpu.name} ({where}) {_gb(gpu.total_bytes)} total, "
             f"{_gb(gpu.free_bytes)} free{used}"
         ),
     )
@@ -82,12 +83,11 @@ def _target(spec: str) -> tuple[str, Any, int, str]:
 def run_estimate(args) -> int:
     from qlora_studio.config import ConfigError
     from qlora_studio.core.errors import StudioError
+    from qlora_studio.core.fit import judge, system_ram_needed
     from qlora_studio.core.memory import (
         METHODS,
         Settings,
         estimate_memory,
-        judge,
-        system_ram_needed,
     )
     from qlora_studio.core.models import inspect_model
 

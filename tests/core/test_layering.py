@@ -18,6 +18,7 @@ CORE_MODULES = [
     "qlora_studio.core.data_files",
     "qlora_studio.core.templates",
     "qlora_studio.core.memory",
+    "qlora_studio.core.fit",
     "qlora_studio.core.probe",
 ]
 

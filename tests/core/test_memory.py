@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from qlora_studio.config import RunConfig
-from qlora_studio.core import memory
+from qlora_studio.core import fit, memory
 from qlora_studio.core.memory import GB, MB, Settings
 from qlora_studio.core.models import inspect_model, is_demo_available
 
@@ -198,14 +198,14 @@ def _total(info, settings, method, **changes):
 def test_judge_statuses_and_search(llama8b):
     s = Settings(batch_size=4, seq_len=512)
     e = memory.estimate_memory(llama8b, s, "qlora")
-    assert memory.judge(e, llama8b, s, math.ceil(e.total_bytes / 0.9) + 1).status == "fits"
-    assert memory.judge(e, llama8b, s, e.total_bytes).status == "tight"
-    verdict = memory.judge(e, llama8b, s, e.total_bytes - 1)
+    assert fit.judge(e, llama8b, s, math.ceil(e.total_bytes / 0.9) + 1).status == "fits"
+    assert fit.judge(e, llama8b, s, e.total_bytes).status == "tight"
+    verdict = fit.judge(e, llama8b, s, e.total_bytes - 1)
     assert verdict.status == "does not fit" and verdict.advice
     assert verdict.headroom_bytes == -1 and verdict.dominant == e.dominant
 
     available = 24 * GB
-    verdict = memory.judge(e, llama8b, s, available)
+    verdict = fit.judge(e, llama8b, s, available)
     budget = 0.9 * available
     b = verdict.max_batch_size
     assert b > 4
@@ -220,7 +220,7 @@ def test_judge_statuses_and_search(llama8b):
 
 def test_judge_advises_what_to_change(llama8b):
     s = Settings(batch_size=2, seq_len=512, optimizer="adamw_torch", gradient_checkpointing=False)
-    full = memory.judge(memory.estimate_memory(llama8b, s, "full"), llama8b, s, 24 * GB)
+    full = fit.judge(memory.estimate_memory(llama8b, s, "full"), llama8b, s, 24 * GB)
     assert full.status == "does not fit"
     assert full.max_batch_size == 0 and full.max_seq_len == 0
     text = "\n".join(full.advice)
@@ -234,12 +234,12 @@ def test_judge_advises_what_to_change(llama8b):
         assert expected in text
 
     s = Settings(batch_size=4, seq_len=512)
-    lora = memory.judge(memory.estimate_memory(llama8b, s, "lora"), llama8b, s, 16 * GB)
+    lora = fit.judge(memory.estimate_memory(llama8b, s, "lora"), llama8b, s, 16 * GB)
     assert lora.status == "does not fit"
     assert any(line.startswith("use QLoRA (needs ~") for line in lora.advice)
 
     s = Settings(batch_size=16, seq_len=1024)
-    qlora = memory.judge(memory.estimate_memory(llama8b, s, "qlora"), llama8b, s, 24 * GB)
+    qlora = fit.judge(memory.estimate_memory(llama8b, s, "qlora"), llama8b, s, 24 * GB)
     assert 0 < qlora.max_batch_size < 16 and 0 < qlora.max_seq_len < 1024
     assert qlora.advice[:2] == [
         f"largest batch size that fits: {qlora.max_batch_size} (raise train.grad_accum to keep "
@@ -250,14 +250,14 @@ def test_judge_advises_what_to_change(llama8b):
 
 def test_system_ram_needed(tiny, llama8b):
     shard = max(f.stat().st_size for f in Path(tiny.path).glob("*.safetensors"))
-    qlora = memory.system_ram_needed(tiny, "qlora")
+    qlora = fit.system_ram_needed(tiny, "qlora")
     assert qlora["load"] == shard and "shard" in qlora["load_detail"]
-    lora = memory.system_ram_needed(tiny, "lora")
+    lora = fit.system_ram_needed(tiny, "lora")
     assert lora["load"] == 2 * tiny.params_total + shard
     adapter = memory.lora_trainable_params(tiny, 16, "all-linear")
     assert lora["merge"] == int(1.1 * (2 * tiny.params_total + 4 * adapter)) + shard
-    assert memory.system_ram_needed(tiny, "full")["merge"] == 0
-    assert memory.system_ram_needed(llama8b, "qlora")["load"] == 5 * GB  # config only
+    assert fit.system_ram_needed(tiny, "full")["merge"] == 0
+    assert fit.system_ram_needed(llama8b, "qlora")["load"] == 5 * GB  # config only
 
 
 @pytest.mark.skipif(not is_demo_available(), reason="demo model not installed")
