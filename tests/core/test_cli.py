@@ -139,8 +139,9 @@ def test_inspect_model_and_data(tiny_models, tmp_path):
     assert "[[" in shown.stdout and "truncated" in shown.stdout
 
 
-def test_no_command_says_the_window_is_coming_and_points_at_the_cli():
-    # the GUI issue replaces this with a test that drives the real window
-    result = run_cli(timeout=60)
-    assert result.returncode == 0
-    assert "coming" in result.stderr and "qlora-studio train" in result.stderr
+def test_no_command_opens_the_window(tmp_path):
+    env = {**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen",
+           "QLORA_STUDIO_EXIT_AFTER_MS": "1500", "XDG_CONFIG_HOME": str(tmp_path)}
+    result = run_cli(timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,48 @@
+"""Start the desktop app: `qlora-studio` or `qlora-studio gui --config RUN.yaml`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+STYLE = """
+QListWidget#stepSidebar { font-size: 14px; padding: 6px; border: none;
+                          background: palette(alternate-base); }
+QListWidget#stepSidebar::item { padding: 8px 6px; }
+QLabel.error { color: #b00020; }
+"""
+
+
+def run_app(config: str | None = None, argv: list[str] | None = None) -> int:
+    """Open the main window (on ``config`` when given, else the last or the demo run)."""
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    from qlora_studio.config import ConfigError, RunConfig
+    from qlora_studio.gui.main_window import MainWindow
+    from qlora_studio.gui.state import StudioState
+
+    app = QApplication.instance() or QApplication(argv or sys.argv[:1])
+    app.setApplicationName("QLoRA Studio")
+    app.setOrganizationName("QLoRA Studio")
+    app.setStyleSheet(STYLE)
+    cfg, problem = None, ""
+    if config:
+        try:
+            cfg = RunConfig.load(config)
+        except ConfigError as exc:
+            problem = f"{config}: {exc}"
+    window = MainWindow(StudioState(cfg))
+    window.show()
+    if os.environ.get("QLORA_STUDIO_PRINT_SHOWN"):  # benchmarks/ui_latency.py times the launch
+        from PySide6.QtCore import QTimer
+
+        QTimer.singleShot(0, lambda: print(f"window-shown {time.time()}", flush=True))
+    exit_after = os.environ.get("QLORA_STUDIO_EXIT_AFTER_MS")  # smoke tests and benchmarks
+    if exit_after:
+        from PySide6.QtCore import QTimer
+
+        QTimer.singleShot(int(exit_after), window.close)
+    if problem:
+        QMessageBox.warning(window, "Could not open the config", problem)
+    return app.exec()

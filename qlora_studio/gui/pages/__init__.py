@@ -1,0 +1,1 @@
+"""One file per wizard page; each edits one slice of the RunConfig."""

@@ -1,0 +1,224 @@
+"""Memory: full, LoRA and QLoRA side by side as stacked bars of their terms, against the chosen
+GPU (NVML, or a card from the catalogue, or a custom size), with the verdict and advice, and
+"Verify fit" that runs the probe (two real steps) and shows measured beside estimated."""
+
+from __future__ import annotations
+
+import pyqtgraph as pg
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTextBrowser,
+)
+
+from qlora_studio.gui.pages.base import Page
+
+GIB = 2**30
+METHODS = ("full", "lora", "qlora")
+NAMES = {"full": "Full", "lora": "LoRA", "qlora": "QLoRA"}
+COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
+           "#ff9da7", "#9c755f", "#bab0ac", "#1f77b4", "#8c564b", "#17becf"]
+STATUS_COLOUR = {"fits": "#1b7f3b", "tight": "#b8860b", "does not fit": "#b00020"}
+
+
+class MemoryPage(Page):
+    title = "Memory"
+
+    def __init__(self, state, parent=None):
+        super().__init__(state, parent)
+        self.estimates: dict = {}
+        self.verdicts: dict = {}
+        self.probe_worker = None
+
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Judge against:"))
+        self.gpu_combo = QComboBox()
+        self.gpu_combo.setEditable(True)
+        self.gpu_combo.setToolTip("A detected GPU (NVML), a card from the catalogue, or a size "
+                                  "such as 24GB")
+        self.gpu_combo.setMinimumWidth(280)
+        row.addWidget(self.gpu_combo, 1)
+        self.verify_button = QPushButton("Verify fit (2 real steps)")
+        self.verify_button.setToolTip("Runs two training steps on the longest batch and measures "
+                                      "the peak memory")
+        self.verify_button.clicked.connect(self.verify)
+        row.addWidget(self.verify_button)
+        self.layout_.addLayout(row)
+        self.gpu_line = QLabel("")
+        self.gpu_line.setWordWrap(True)
+        self.layout_.addWidget(self.gpu_line)
+
+        self.plot = pg.PlotWidget(background="w")
+        self.plot.setMinimumHeight(300)
+        self.plot.setLabel("left", "GPU memory (GB)")
+        self.plot.showGrid(y=True, alpha=0.3)
+        self.plot.addLegend(offset=(-10, 10))
+        self.layout_.addWidget(self.plot, 1)
+
+        self.probe_bar = QProgressBar()
+        self.probe_bar.setRange(0, 0)
+        self.probe_bar.hide()
+        self.layout_.addWidget(self.probe_bar)
+        self.details = QTextBrowser()
+        self.details.setMinimumHeight(220)
+        self.layout_.addWidget(self.details, 1)
+        self._fill_gpus()
+        self.gpu_combo.currentTextChanged.connect(lambda _: self.refresh())
+        state.model_info_changed.connect(lambda _: self.refresh())
+
+    def _fill_gpus(self) -> None:
+        from qlora_studio.core.gpu import list_gpus, load_catalogue
+
+        gpus = list_gpus()
+        for gpu in gpus:
+            self.gpu_combo.addItem(f"cuda:{gpu.index} — {gpu.name}", f"cuda:{gpu.index}")
+        for card in load_catalogue():
+            self.gpu_combo.addItem(f"{card['name']} ({card['memory_gb']} GB)", card["name"])
+        if not gpus:
+            self.gpu_combo.setCurrentText("GeForce RTX 4090 (24 GB)")
+
+    def _gpu_spec(self) -> str:
+        index = self.gpu_combo.findText(self.gpu_combo.currentText())
+        if index >= 0 and self.gpu_combo.itemData(index):
+            return str(self.gpu_combo.itemData(index))
+        return self.gpu_combo.currentText().strip() or "auto"
+
+    def on_shown(self) -> None:
+        self.refresh()
+
+    def is_complete(self) -> bool:
+        verdict = self.verdicts.get(self.state.cfg.method)
+        return verdict is not None and verdict.status != "does not fit"
+
+    # ---- estimate -----------------------------------------------------------------------
+    def refresh(self) -> None:
+        from qlora_studio.core.errors import StudioError
+        from qlora_studio.core.fit import judge
+        from qlora_studio.core.gpu import list_gpus, resolve_gpu
+        from qlora_studio.core.memory import Settings, estimate_memory
+
+        info = self.state.model_info
+        if info is None:
+            self.details.setHtml("<p>Inspect a model on the <b>Model</b> page first.</p>")
+            return
+        try:
+            gpu = resolve_gpu(self._gpu_spec())
+        except StudioError as exc:
+            self.gpu_line.setText(f"<span style='color:#b00020'>{exc.message}</span> {exc.hint}")
+            return
+        detected = "" if list_gpus() else " — no NVIDIA GPU found on this computer (NVML)"
+        self.gpu_line.setText(f"<b>{gpu.name}</b>: {gpu.total_bytes / GIB:.1f} GB total, "
+                              f"{gpu.free_bytes / GIB:.1f} GB free ({gpu.source}){detected}")
+        settings = Settings.from_config(self.state.cfg, device="cuda")
+        self.estimates = {m: estimate_memory(info, settings, m) for m in METHODS}
+        self.verdicts = {m: judge(e, info, settings, gpu.free_bytes)
+                         for m, e in self.estimates.items()}
+        self._draw(gpu)
+        self._describe(settings)
+        self.changed.emit()
+
+    def _draw(self, gpu) -> None:
+        self.plot.clear()
+        names: list[str] = []
+        for estimate in self.estimates.values():
+            for term in estimate.terms:
+                if term.name not in names:
+                    names.append(term.name)
+        bottoms = [0.0] * len(METHODS)
+        for i, name in enumerate(names):
+            heights = []
+            for method in METHODS:
+                term = self.estimates[method].term(name)
+                heights.append(term.bytes / GIB if term else 0.0)
+            bars = pg.BarGraphItem(x=list(range(len(METHODS))), height=heights, width=0.6,
+                                   y0=bottoms, brush=COLOURS[i % len(COLOURS)], name=name)
+            self.plot.addItem(bars)
+            bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+        lines = [(gpu.total_bytes / GIB, "total", pg.QtCore.Qt.PenStyle.DashLine)]
+        if gpu.free_bytes < gpu.total_bytes:
+            lines.append((gpu.free_bytes / GIB, "free", pg.QtCore.Qt.PenStyle.DotLine))
+        for y, label, style in lines:
+            line = pg.InfiniteLine(pos=y, angle=0, pen=pg.mkPen("#333", width=2, style=style),
+                                   label=f"{gpu.name} {label} {y:.1f} GB",
+                                   labelOpts={"position": 0.12, "color": "#333",
+                                              "anchors": [(0, 1), (0, 1)]})
+            self.plot.addItem(line)
+        axis = self.plot.getAxis("bottom")
+        axis.setTicks([[(i, f"{NAMES[m]}: {self.estimates[m].total_bytes / GIB:.1f} GB")
+                        for i, m in enumerate(METHODS)]])
+        self.plot.setXRange(-0.5, len(METHODS) + 1.2, padding=0)  # room for the legend
+        self.plot.setYRange(0, max(max(bottoms), gpu.total_bytes / GIB) * 1.1)
+
+    def _describe(self, settings) -> None:
+        parts = [f"<p>batch {settings.batch_size} × {settings.seq_len} tokens, compute "
+                 f"{settings.compute_dtype}, optimizer {settings.optimizer}, gradient "
+                 f"checkpointing {'on' if settings.gradient_checkpointing else 'off'}</p>"]
+        for method in METHODS:
+            estimate, verdict = self.estimates[method], self.verdicts[method]
+            colour = STATUS_COLOUR[verdict.status]
+            chosen = " (chosen)" if method == self.state.cfg.method else ""
+            parts.append(
+                f"<h3>{NAMES[method]}{chosen}: <span style='color:{colour}'>{verdict.status}"
+                f"</span> — {estimate.total_bytes / GIB:.2f} GB</h3>"
+                f"<p>Largest term: <b>{estimate.dominant}</b>. Largest batch that fits: "
+                f"{verdict.max_batch_size}; longest sequence: {verdict.max_seq_len:,}.</p>"
+            )
+            if verdict.advice:
+                parts.append("<ul>" + "".join(f"<li>{a}</li>" for a in verdict.advice) + "</ul>")
+            rows = "".join(f"<tr><td>{t.name}</td><td align='right'>{t.bytes / GIB:.2f} GB</td>"
+                           f"<td>{t.detail}</td></tr>" for t in estimate.terms)
+            parts.append(f"<table cellspacing='4'>{rows}</table>")
+        self.details.setHtml("".join(parts))
+
+    # ---- probe --------------------------------------------------------------------------
+    def verify(self) -> None:
+        from qlora_studio.gui.workers import FunctionWorker, start_in_thread
+
+        window = self.window()
+        for page in getattr(window, "pages", []):
+            page.apply_config(self.state.cfg)
+        self.verify_button.setEnabled(False)
+        self.probe_bar.show()
+        worker = FunctionWorker(_probe, self.state.cfg.to_dict())
+        worker.succeeded.connect(self._on_probe)
+        worker.failed.connect(lambda m, h: self._probe_text(
+            f"<span style='color:#b00020'>Probe failed: {m}</span> {h}"))
+        worker.finished.connect(self._probe_finished)
+        self.probe_worker = worker
+        start_in_thread(worker, self)
+
+    def _probe_finished(self) -> None:
+        self.verify_button.setEnabled(True)
+        self.probe_bar.hide()
+        self.probe_worker = None
+
+    def _probe_text(self, html: str) -> None:
+        self.details.setHtml(html + self.details.toHtml())
+
+    def _on_probe(self, result: dict) -> None:
+        if "error" in result:
+            self._probe_text(f"<p style='color:#b00020'>Probe failed: {result['error']}</p>")
+            return
+        self._probe_text(
+            f"<p><b>Verify fit</b> ({NAMES[result['method']]}, {result['steps']} steps on "
+            f"{result['device']}, batch {result['batch_size']} × {result['seq_len']} tokens): "
+            f"measured <b>{result['peak_bytes'] / GIB:.2f} GB</b>, estimated "
+            f"{result['estimate_bytes'] / GIB:.2f} GB at the same settings "
+            f"({result['error_pct']:+.1f}%).</p>"
+        )
+
+
+def _probe(reporter, cancel, cfg_dict: dict) -> dict:
+    """Run the probe as a child process (fresh memory, nothing left behind in the window)."""
+    from qlora_studio.cli_memory import _probe_child
+    from qlora_studio.config import RunConfig
+    from qlora_studio.core.events import make_event
+    from qlora_studio.core.memory import Settings
+
+    cfg = RunConfig.from_dict(cfg_dict)
+    reporter.emit(make_event("status", message="Probing: two training steps on the longest batch"))
+    settings = Settings.from_config(cfg)
+    return _probe_child(cfg, cfg.method, settings)

@@ -1,0 +1,265 @@
+"""Settings: the method and every knob of the run config, grouped, each with its help as a
+tooltip; presets; "Show YAML" and "Copy CLI command" so any run can be repeated in a terminal."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from qlora_studio import config as C
+from qlora_studio.gui.pages.base import Page
+
+CHOICES = {
+    ("quant", "quant_type"): C.QUANT_TYPES,
+    ("quant", "compute_dtype"): C.COMPUTE_DTYPES,
+    ("train", "optimizer"): C.OPTIMIZERS,
+    ("train", "scheduler"): C.SCHEDULERS,
+    ("train", "device"): ("auto", "cuda", "cpu"),
+}
+MEMORY_NOTES = {
+    "r": "LoRA memory grows linearly with r: r x (d_in + d_out) fp32 parameters per layer, "
+    "plus gradients and optimizer state.",
+    "double_quant": "Saves ~0.37 bit per quantized parameter (~0.4 GB on a 7B model).",
+    "optimizer": "Adam 32-bit keeps 8 B per trainable parameter, 8-bit ~2 B; paged variants "
+    "move state to CPU RAM under pressure.",
+    "gradient_checkpointing": "Keeps one hidden state per layer instead of all activations: "
+    "the largest saving for long sequences.",
+    "batch_size": "Activations and logits grow linearly with the batch.",
+    "compute_dtype": "bf16 halves activation memory against fp32.",
+}
+PRESETS = {
+    "Fastest": {"lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+                "train": {"gradient_checkpointing": False, "optimizer": "paged_adamw_8bit"}},
+    "Balanced": {"lora": {"r": 16, "alpha": 32, "target_modules": "all-linear"},
+                 "train": {"gradient_checkpointing": True, "optimizer": "paged_adamw_8bit"}},
+    "Best quality": {"lora": {"r": 64, "alpha": 128, "target_modules": "all-linear",
+                              "dropout": 0.05},
+                     "train": {"gradient_checkpointing": True, "optimizer": "paged_adamw_32bit",
+                               "lr": 1e-4}},
+}
+SECTIONS = (("lora", "LoRA adapter"), ("quant", "4-bit quantization (QLoRA)"),
+            ("train", "Training"), ("output", "Output"))
+
+
+def _tooltip(section: str, name: str) -> str:
+    text = C.field_help(section, name)
+    note = MEMORY_NOTES.get(name)
+    return f"{text}\n\nMemory: {note}" if note else text
+
+
+class SettingsPage(Page):
+    title = "Settings"
+
+    def __init__(self, state, parent=None):
+        super().__init__(state, parent)
+        self._loading = False
+        self.editors: dict[tuple[str, str], QWidget] = {}
+
+        method_box = QGroupBox("Method")
+        row = QHBoxLayout(method_box)
+        self.method_group = QButtonGroup(self)
+        labels = {"full": "Full fine-tuning", "lora": "LoRA", "qlora": "QLoRA (4-bit base + LoRA)"}
+        tips = {
+            "full": "Every weight trains: ~16-18 bytes per parameter before activations.",
+            "lora": "Frozen 16-bit base + small trainable low-rank adapters.",
+            "qlora": "Frozen base stored in 4-bit NF4 + LoRA: the least memory.",
+        }
+        self.method_buttons = {}
+        for method in C.METHODS:
+            button = QRadioButton(labels[method])
+            button.setToolTip(tips[method])
+            self.method_group.addButton(button)
+            self.method_buttons[method] = button
+            row.addWidget(button)
+            button.toggled.connect(self._on_edit)
+        row.addStretch(1)
+        self.layout_.addWidget(method_box)
+
+        presets = QHBoxLayout()
+        presets.addWidget(QLabel("Presets:"))
+        for name in PRESETS:
+            button = QPushButton(name)
+            button.clicked.connect(lambda _=False, n=name: self.apply_preset(n))
+            presets.addWidget(button)
+        presets.addStretch(1)
+        self.yaml_button = QPushButton("Show YAML")
+        self.copy_button = QPushButton("Copy CLI command")
+        self.yaml_button.clicked.connect(self.show_yaml)
+        self.copy_button.clicked.connect(self.copy_command)
+        presets.addWidget(self.yaml_button)
+        presets.addWidget(self.copy_button)
+        self.layout_.addLayout(presets)
+
+        grid = QHBoxLayout()
+        left, right = QVBoxLayout(), QVBoxLayout()
+        self.groups: dict[str, QGroupBox] = {}
+        for i, (section, label) in enumerate(SECTIONS):
+            box = QGroupBox(label)
+            form = QFormLayout(box)
+            cls = C.SECTIONS[section]
+            for f in dataclasses.fields(cls):
+                editor = self._editor(section, f)
+                form.addRow(f.name.replace("_", " "), editor)
+                self.editors[(section, f.name)] = editor
+            self.groups[section] = box
+            (left if i % 2 == 0 else right).addWidget(box)
+        left.addStretch(1)
+        right.addStretch(1)
+        grid.addLayout(left, 1)
+        grid.addLayout(right, 1)
+        self.layout_.addLayout(grid)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        self.layout_.addWidget(self.message)
+        self.layout_.addStretch(1)
+
+    # ---- editors ------------------------------------------------------------------------
+    def _editor(self, section: str, f: dataclasses.Field) -> QWidget:
+        default = C.SECTIONS[section]().__getattribute__(f.name)
+        key = (section, f.name)
+        if key in CHOICES:
+            editor = QComboBox()
+            editor.addItems(list(CHOICES[key]))
+            editor.currentTextChanged.connect(self._on_edit)
+        elif isinstance(default, bool):
+            editor = QCheckBox()
+            editor.toggled.connect(self._on_edit)
+        elif isinstance(default, int):
+            editor = QSpinBox()
+            editor.setRange(0, 10_000_000)
+            editor.valueChanged.connect(self._on_edit)
+        elif isinstance(default, float):
+            editor = QDoubleSpinBox()
+            editor.setDecimals(6 if f.name in ("lr", "weight_decay") else 3)
+            editor.setRange(0.0, 1000.0)
+            editor.setSingleStep(1e-5 if f.name == "lr" else 0.05)
+            editor.valueChanged.connect(self._on_edit)
+        else:
+            editor = QLineEdit()
+            editor.editingFinished.connect(self._on_edit)
+        editor.setToolTip(_tooltip(section, f.name))
+        return editor
+
+    def _read(self, section: str, name: str) -> Any:
+        editor = self.editors[(section, name)]
+        if isinstance(editor, QComboBox):
+            return editor.currentText()
+        if isinstance(editor, QCheckBox):
+            return editor.isChecked()
+        if isinstance(editor, (QSpinBox, QDoubleSpinBox)):
+            return editor.value()
+        text = editor.text().strip()
+        if name == "target_modules" and text != "all-linear":
+            return [t.strip() for t in text.split(",") if t.strip()]
+        return text
+
+    def _write(self, section: str, name: str, value: Any) -> None:
+        editor = self.editors[(section, name)]
+        if isinstance(editor, QComboBox):
+            editor.setCurrentText(str(value))
+        elif isinstance(editor, QCheckBox):
+            editor.setChecked(bool(value))
+        elif isinstance(editor, (QSpinBox, QDoubleSpinBox)):
+            editor.setValue(value)
+        else:
+            editor.setText(", ".join(value) if isinstance(value, list) else str(value))
+
+    # ---- Page contract ------------------------------------------------------------------
+    def load_config(self, cfg) -> None:
+        self._loading = True
+        try:
+            self.method_buttons[cfg.method].setChecked(True)
+            for (section, name) in self.editors:
+                self._write(section, name, getattr(getattr(cfg, section), name))
+            self.groups["quant"].setEnabled(cfg.method == "qlora")
+            self.groups["lora"].setEnabled(cfg.method != "full")
+        finally:
+            self._loading = False
+
+    def apply_config(self, cfg) -> None:
+        cfg.method = self.current_method()
+        for (section, name) in self.editors:
+            setattr(getattr(cfg, section), name, self._read(section, name))
+
+    def current_method(self) -> str:
+        return next(m for m, b in self.method_buttons.items() if b.isChecked())
+
+    def is_complete(self) -> bool:
+        return not self.validation_error()
+
+    def validation_error(self) -> str:
+        trial = C.RunConfig.from_dict(self.state.cfg.to_dict())
+        try:
+            self.apply_config(trial)
+            trial.validate()
+        except (C.ConfigError, TypeError, ValueError) as exc:
+            return str(exc)
+        return ""
+
+    def _on_edit(self, *_) -> None:
+        if self._loading:
+            return
+        method = self.current_method()
+        self.groups["quant"].setEnabled(method == "qlora")
+        self.groups["lora"].setEnabled(method != "full")
+        problem = self.validation_error()
+        self.message.setText(f"<span style='color:#b00020'>{problem}</span>" if problem else "")
+        if not problem:
+            self.changed.emit()
+
+    # ---- actions --------------------------------------------------------------------------
+    def apply_preset(self, name: str) -> None:
+        for section, values in PRESETS[name].items():
+            for field_name, value in values.items():
+                self._write(section, field_name, value)
+        self._on_edit()
+
+    def yaml_text(self) -> str:
+        trial = C.RunConfig.from_dict(self.state.cfg.to_dict())
+        self.apply_config(trial)
+        return trial.to_yaml()
+
+    def show_yaml(self) -> None:
+        dialog = QDialog(self)
+        dialog.setWindowTitle("Run config (YAML)")
+        layout = QVBoxLayout(dialog)
+        text = QPlainTextEdit(self.yaml_text())
+        text.setReadOnly(True)
+        layout.addWidget(text)
+        dialog.resize(560, 620)
+        dialog.show()
+        self._yaml_dialog = dialog
+
+    def cli_command(self) -> str:
+        """Save the config where the CLI can read it and return the command that runs it."""
+        from qlora_studio.resources import user_data_dir
+
+        trial = C.RunConfig.from_dict(self.state.cfg.to_dict())
+        self.apply_config(trial)
+        path = trial.save(user_data_dir() / "configs" / "current.yaml")
+        return f"qlora-studio train {path}"
+
+    def copy_command(self) -> None:
+        command = self.cli_command()
+        QGuiApplication.clipboard().setText(command)
+        self.message.setText(f"Copied: <code>{command}</code>")

@@ -1,0 +1,237 @@
+"""Train: Start / Stop / Resume, live loss and memory charts, progress, speed, ETA and a log.
+
+Training runs as the CLI child process (``qlora-studio train CONFIG --events jsonl``) driven by a
+TrainWorker in a QThread: the window never holds the model, and a crash cannot take it down.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from qlora_studio.gui.pages.base import Page
+
+LOG_LINES = 2000
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class TrainPage(Page):
+    title = "Train"
+
+    def __init__(self, state, parent=None):
+        from qlora_studio.gui.charts import LossChart, MemoryChart
+
+        super().__init__(state, parent)
+        self.worker = None
+        self.thread = None
+        self.run_dir: Path | None = None
+        self.finished_ok = False
+
+        buttons = QHBoxLayout()
+        self.start_button = QPushButton("▶ Start")
+        self.stop_button = QPushButton("■ Stop")
+        self.resume_button = QPushButton("⟳ Resume")
+        self.stop_button.setEnabled(False)
+        self.resume_button.setEnabled(False)
+        self.start_button.setToolTip("Start a new run with the current settings")
+        self.stop_button.setToolTip("Stop after the current step; a checkpoint is saved")
+        self.resume_button.setToolTip("Continue the stopped run from its last checkpoint")
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button.clicked.connect(self.resume)
+        for button in (self.start_button, self.stop_button, self.resume_button):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        self.layout_.addLayout(buttons)
+
+        self.progress = QProgressBar()
+        self.progress.setFormat("not started")
+        self.progress.setValue(0)
+        self.layout_.addWidget(self.progress)
+        self.numbers = QLabel("Not started. The command that runs is shown below.")
+        self.layout_.addWidget(self.numbers)
+        self.command = QLabel("")
+        self.command.setWordWrap(True)
+        self.command.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.layout_.addWidget(self.command)
+
+        self.loss_chart = LossChart()
+        self.memory_chart = MemoryChart()
+        for chart in (self.loss_chart, self.memory_chart):
+            chart.plot_item.setLimits(xMin=0, yMin=0)  # an empty chart shows no negative axes
+        charts = QSplitter()
+        charts.addWidget(self._titled("Loss", self.loss_chart))
+        charts.addWidget(self._titled("Memory", self.memory_chart))
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(LOG_LINES)
+        self.log.setPlaceholderText("The training log appears here.")
+        vertical = QSplitter(Qt.Orientation.Vertical)
+        vertical.addWidget(charts)
+        vertical.addWidget(self.log)
+        vertical.setSizes([420, 160])
+        self.layout_.addWidget(vertical, 1)
+
+    @staticmethod
+    def _titled(title: str, widget: QWidget) -> QWidget:
+        box = QWidget()
+        layout = QVBoxLayout(box)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(QLabel(f"<b>{title}</b>"))
+        layout.addWidget(widget, 1)
+        return box
+
+    # ---- Page contract ------------------------------------------------------------------
+    def is_complete(self) -> bool:
+        return self.finished_ok
+
+    def is_running(self) -> bool:
+        return self.worker is not None and self.worker.running
+
+    # ---- actions ------------------------------------------------------------------------
+    def _config_path(self) -> Path:
+        from qlora_studio.resources import user_data_dir
+
+        name = f"run-{datetime.now():%Y%m%d-%H%M%S}.yaml"
+        return self.state.cfg.save(user_data_dir() / "configs" / name)
+
+    def start(self) -> None:
+        from qlora_studio.config import ConfigError
+        from qlora_studio.gui.workers import TrainWorker
+
+        window = self.window()
+        if hasattr(window, "pages"):
+            for page in window.pages:
+                if page is not self:
+                    page.apply_config(self.state.cfg)
+        try:
+            self.state.cfg.validate()
+        except ConfigError as exc:
+            self._say_error(f"{exc.field}: {exc.message}", exc.hint)
+            return
+        self.loss_chart.clear()
+        self.memory_chart.clear()
+        self.log.clear()
+        self._launch(TrainWorker.train(self._config_path()))
+
+    def resume(self) -> None:
+        from qlora_studio.gui.workers import TrainWorker
+
+        if self.run_dir is not None:
+            self._launch(TrainWorker.resume(self.run_dir))
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.request_stop()
+            self.stop_button.setEnabled(False)
+            self.numbers.setText(self.numbers.text() + "  — stopping after this step…")
+
+    def stop_for_exit(self) -> None:
+        """The window is closing: ask for a graceful stop (the worker kills after its grace)."""
+        if self.worker is not None:
+            self.worker.request_stop()
+
+    def _launch(self, worker) -> None:
+        from qlora_studio.gui.workers import start_in_thread
+
+        self.finished_ok = False
+        self.worker = worker
+        self.command.setText(f"<code>{worker.display_command()}</code>")
+        worker.status.connect(self._on_status)
+        worker.log.connect(self.log.appendPlainText)
+        worker.progress.connect(self._on_progress)
+        worker.metrics.connect(self.loss_chart.add_metrics)
+        worker.memory.connect(self._on_memory)
+        worker.checkpoint.connect(lambda e: self._append(f"checkpoint at step {e['step']}: "
+                                                         f"{e['path']}"))
+        worker.succeeded.connect(self._on_done)
+        worker.failed.connect(self._on_failed)
+        worker.cancelled.connect(self._on_cancelled)
+        worker.finished.connect(self._on_finished)
+        self.start_button.setEnabled(False)
+        self.resume_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.state.running = True
+        self.thread = start_in_thread(worker, self)
+
+    # ---- worker signals -----------------------------------------------------------------
+    def _append(self, text: str) -> None:
+        self.log.appendPlainText(text)
+
+    def _on_status(self, message: str) -> None:
+        self._append(f"• {message}")
+        if message.startswith("Run folder: "):
+            self.run_dir = Path(message.removeprefix("Run folder: ").strip())
+
+    def _on_progress(self, event: dict) -> None:
+        self.progress.setFormat("step %v of %m")
+        self.progress.setMaximum(max(event["total"], 1))
+        self.progress.setValue(event["step"])
+        self.numbers.setText(
+            f"step {event['step']} / {event['total']}   epoch {event['epoch']:.2f}   "
+            f"{event['tokens_per_s']:.0f} tokens/s   ETA {_duration(event.get('eta_s'))}"
+        )
+
+    def _on_memory(self, event: dict) -> None:
+        self.memory_chart.add_memory(event)
+        if event.get("nvml_total_bytes"):
+            self.memory_chart.set_gpu_total(event["nvml_total_bytes"])
+
+    def _on_done(self, event: dict) -> None:
+        self.finished_ok = True
+        self.run_dir = Path(event["run_dir"])
+        loss = event.get("final_loss")
+        self.numbers.setText(
+            f"Done at step {event['step']}"
+            + (f", final loss {loss:.4f}" if isinstance(loss, (int, float)) else "")
+            + f". Adapter: {event['adapter_dir']}"
+        )
+        self.changed.emit()
+
+    def _on_failed(self, message: str, hint: str) -> None:
+        if "out of memory" in message.lower():
+            self.memory_chart.mark_oom()
+        self._say_error(message, hint)
+
+    def _say_error(self, message: str, hint: str) -> None:
+        text = f"<span style='color:#b00020'><b>{message}</b></span>"
+        if hint:
+            text += f"<br>Hint: {hint}"
+        self.numbers.setText(text)
+        self._append(f"✗ {message}" + (f"\n  hint: {hint}" if hint else ""))
+
+    def _on_cancelled(self, event: dict) -> None:
+        checkpoint = event.get("checkpoint") or ""
+        if checkpoint:
+            self.run_dir = Path(checkpoint).parent.parent
+        self.numbers.setText(f"Stopped at step {event['step']}. Checkpoint: {checkpoint or 'none'}"
+                             " — Resume continues from there.")
+
+    def _on_finished(self) -> None:
+        self.state.running = False
+        self.worker = None
+        self.thread = None
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self.resume_button.setEnabled(self.run_dir is not None and not self.finished_ok)
+        self.changed.emit()

@@ -1,0 +1,64 @@
+"""What the wizard pages share: the run config being edited, what was learned about the model
+and the data, and the settings that persist across launches (QSettings)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QObject, QSettings, Signal
+
+from qlora_studio.config import ConfigError, RunConfig
+from qlora_studio.resources import resources_dir
+
+RECENT_LIMIT = 8
+
+
+def demo_config() -> RunConfig:
+    """The shipped demo run: the app opens on it so a first run needs only Start."""
+    return RunConfig.load(resources_dir() / "configs" / "demo-qlora.yaml")
+
+
+class StudioState(QObject):
+    """One RunConfig (each page owns a slice) plus results other pages need."""
+
+    model_info_changed = Signal(object)  # ModelInfo | None
+    data_report_changed = Signal(object)  # inspect_data() dict | None
+    config_changed = Signal()
+
+    def __init__(self, cfg: RunConfig | None = None, settings: QSettings | None = None):
+        super().__init__()
+        self.settings = settings or QSettings("QLoRA Studio", "QLoRA Studio")
+        self.cfg = cfg or self._last_config() or demo_config()
+        self.model_info: Any = None
+        self.data_report: dict | None = None
+        self.running = False  # a training run is in progress
+
+    # ---- results shared between pages -----------------------------------------------------
+    def set_model_info(self, info: Any) -> None:
+        self.model_info = info
+        self.model_info_changed.emit(info)
+
+    def set_data_report(self, report: dict | None) -> None:
+        self.data_report = report
+        self.data_report_changed.emit(report)
+
+    # ---- persistence ----------------------------------------------------------------------
+    def _last_config(self) -> RunConfig | None:
+        text = self.settings.value("last_config", "", type=str)
+        if not text:
+            return None
+        try:
+            return RunConfig.from_yaml(text)
+        except ConfigError:
+            return None  # a config from an older version: start from the demo
+
+    def remember_config(self) -> None:
+        self.settings.setValue("last_config", self.cfg.to_yaml())
+
+    def recent(self, kind: str) -> list[str]:
+        value = self.settings.value(f"recent/{kind}", [], type=list)
+        return [str(v) for v in value or []]
+
+    def add_recent(self, kind: str, item: str) -> None:
+        items = [item] + [i for i in self.recent(kind) if i != item]
+        self.settings.setValue(f"recent/{kind}", items[:RECENT_LIMIT])
