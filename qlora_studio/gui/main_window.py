@@ -22,6 +22,8 @@ from qlora_studio.config import RunConfig
 from qlora_studio.gui.state import StudioState
 
 DONE_MARK, TODO_MARK = "✓", "•"
+# content-heavy pages scroll in a small window instead of squeezing their charts to slivers
+MIN_PAGE_HEIGHT = {"Dataset": 720, "Memory": 660, "Settings": 640}
 
 
 def _pages(state: StudioState) -> list:
@@ -56,6 +58,7 @@ class MainWindow(QMainWindow):
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
             scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+            page.setMinimumHeight(MIN_PAGE_HEIGHT.get(page.title, 0))
             scroll.setWidget(page)
             self.stack.addWidget(scroll)
             self.sidebar.addItem(QListWidgetItem(page.title))

@@ -7,8 +7,8 @@ teardown only; exactly one of ``succeeded`` / ``failed`` / ``cancelled`` comes b
 
 Event payloads use ``Signal(object)``: PySide6 turns a ``Signal(dict)`` payload into a
 QVariantMap, which silently empties dicts with non-string keys and clips integers past 64 bits.
-A context-free lambda connected to a worker signal runs in the *worker's* thread in PySide6;
-connect GUI code to methods of widgets (or pass a context object) so it runs in the GUI thread.
+A lambda or ``functools.partial`` connected to a worker signal runs in the *worker's* thread
+in PySide6; only methods defined in a QObject's class run in that object's (the GUI) thread.
 """
 
 from __future__ import annotations
@@ -130,29 +130,20 @@ class TrainWorker(QObject):
             _logger.exception("training worker failed")
             self.failed.emit(f"{type(exc).__name__}: {exc}", "See the log for details.")
         finally:
-            self._cleanup()
+            try:
+                self._cleanup()
+            except Exception:
+                _logger.exception("could not clean up the training process")
             self._active = False
             self.finished.emit()
 
     def _run(self) -> None:
-        with self._lock:
-            if self._stop_requested or self._killed:
-                self.cancelled.emit({"type": "cancelled", "step": 0, "checkpoint": ""})
-                return
-            self._proc = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-                bufsize=1,
-                env=self._child_env(),
-                # its own process group, so a kill also reaches dataloader workers
-                start_new_session=os.name == "posix",
-            )
-        proc = self._proc
+        with self._lock:  # a stop or kill from the GUI either prevents the start or sees it
+            stopped = self._stop_requested or self._killed
+            proc = self._proc = None if stopped else self._start_child()
+        if proc is None:
+            self.cancelled.emit({"type": "cancelled", "step": 0, "checkpoint": ""})
+            return
         lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
         for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
             threading.Thread(
@@ -231,6 +222,21 @@ class TrainWorker(QObject):
                 "cancelled": self.cancelled,
             }[kind]
             signal_.emit(event)
+
+    def _start_child(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.command(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+            env=self._child_env(),
+            # its own process group, so a kill also reaches dataloader workers
+            start_new_session=os.name == "posix",
+        )
 
     def _child_env(self) -> dict[str, str]:
         env = {**os.environ, **self.extra_env}

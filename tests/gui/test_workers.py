@@ -3,6 +3,8 @@ arrive in the GUI thread, in order, with exactly one outcome and `finished` last
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -222,6 +224,16 @@ def test_commands_show_what_a_user_would_type(tmp_path):
         "jsonl",
     ]
     assert TrainWorker.resume("/runs/r1").display_command() == "qlora-studio resume /runs/r1"
+
+
+def test_the_window_process_never_loads_the_training_libraries():
+    code = (
+        "import sys, qlora_studio.gui.workers; "
+        "print([m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'datasets') "
+        "if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
 
 
 # ---- FunctionWorker -------------------------------------------------------------------------

@@ -23,3 +23,6 @@ class ComparePage(Page):
         text.setWordWrap(True)
         self.layout_.addWidget(text)
         self.layout_.addStretch(1)
+
+    def is_complete(self) -> bool:
+        return False  # nothing to compare until the evaluation feature lands

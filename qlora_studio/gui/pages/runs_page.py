@@ -46,6 +46,9 @@ class RunsPage(Page):
         row.addStretch(1)
         self.layout_.addLayout(row)
 
+    def is_complete(self) -> bool:
+        return self.table.rowCount() > 0
+
     def on_shown(self) -> None:
         runs = find_runs(Path(self.state.cfg.output.dir).expanduser())
         self.table.setRowCount(len(runs))
