@@ -3,9 +3,12 @@ Export, plus Runs), the current step's page, Back / Next."""
 
 from __future__ import annotations
 
+import time
+
 from PySide6.QtCore import QByteArray
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
+    QApplication,
     QHBoxLayout,
     QListWidget,
     QListWidgetItem,
@@ -161,4 +164,25 @@ class MainWindow(QMainWindow):
             page.apply_config(self.state.cfg)
         self.state.remember_config()
         self.state.settings.setValue("window/geometry", self.saveGeometry())
+        self._wait_for_workers()
         event.accept()
+
+    def _wait_for_workers(self, timeout_s: float = 120.0) -> None:
+        """Let running jobs (a model inspection, a dataset analysis, an export) end before the
+        window and the threads it owns go away: a QThread destroyed while running aborts."""
+        busy = [p for p in self.pages if getattr(p, "is_running", lambda: False)()]
+        if not busy:
+            return
+        self.hide()
+        for page in busy:
+            worker = getattr(page, "worker", None) or getattr(page, "probe_worker", None)
+            if worker is not None and hasattr(worker, "request_stop"):
+                worker.request_stop()
+        deadline = time.monotonic() + timeout_s
+        while any(p.is_running() for p in busy) and time.monotonic() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.02)
+        settle = time.monotonic() + 0.5  # the threads' own quit runs after the worker's finished
+        while time.monotonic() < settle:
+            QApplication.processEvents()
+            time.sleep(0.02)

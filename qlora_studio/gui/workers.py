@@ -330,7 +330,7 @@ def _pump(stream: IO[str] | None, name: str, lines: queue.Queue) -> None:
 def _crash_hint(code: int, stderr_tail: list[str], *, killed: bool) -> str:
     """What we can say about a child that exited without an error event."""
     if killed:
-        reason = "It was stopped from the app. The last checkpoint is kept."
+        reason = "It was stopped from the app; any checkpoint already saved is kept."
     elif code < 0:
         try:
             name = signal.Signals(-code).name

@@ -71,6 +71,9 @@ class ExportPage(Page):
             if run_dir:
                 self.run_edit.setText(str(run_dir))
 
+    def is_running(self) -> bool:
+        return self.worker is not None
+
     def is_complete(self) -> bool:
         return self.exported is not None
 
@@ -90,8 +93,7 @@ class ExportPage(Page):
         worker = FunctionWorker(_export, run_dir, out, self.merge_box.isChecked())
         worker.status.connect(self.message.setText)
         worker.succeeded.connect(self._on_done)
-        worker.failed.connect(lambda m, h: self.message.setText(
-            f"<span style='color:#b00020'><b>{m}</b></span><br>{h}"))
+        worker.failed.connect(self._on_failed)
         worker.finished.connect(self._on_finished)
         self.export_button.setEnabled(False)
         self.bar.show()
@@ -103,6 +105,9 @@ class ExportPage(Page):
         self.message.setText(f"Exported to <b>{path}</b>")
         self.open_button.setEnabled(True)
         self.changed.emit()
+
+    def _on_failed(self, message: str, hint: str) -> None:
+        self.message.setText(f"<span style='color:#b00020'><b>{message}</b></span><br>{hint}")
 
     def _on_finished(self) -> None:
         self.bar.hide()

@@ -89,6 +89,9 @@ class MemoryPage(Page):
     def on_shown(self) -> None:
         self.refresh()
 
+    def is_running(self) -> bool:
+        return self.probe_worker is not None
+
     def is_complete(self) -> bool:
         verdict = self.verdicts.get(self.state.cfg.method)
         return verdict is not None and verdict.status != "does not fit"
@@ -184,11 +187,13 @@ class MemoryPage(Page):
         self.probe_bar.show()
         worker = FunctionWorker(_probe, self.state.cfg.to_dict())
         worker.succeeded.connect(self._on_probe)
-        worker.failed.connect(lambda m, h: self._probe_text(
-            f"<span style='color:#b00020'>Probe failed: {m}</span> {h}"))
+        worker.failed.connect(self._on_probe_failed)
         worker.finished.connect(self._probe_finished)
         self.probe_worker = worker
         start_in_thread(worker, self)
+
+    def _on_probe_failed(self, message: str, hint: str) -> None:
+        self._probe_text(f"<span style='color:#b00020'>Probe failed: {message}</span> {hint}")
 
     def _probe_finished(self) -> None:
         self.verify_button.setEnabled(True)

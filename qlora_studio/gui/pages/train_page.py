@@ -146,10 +146,27 @@ class TrainPage(Page):
             self.stop_button.setEnabled(False)
             self.numbers.setText(self.numbers.text() + "  — stopping after this step…")
 
-    def stop_for_exit(self) -> None:
-        """The window is closing: ask for a graceful stop (the worker kills after its grace)."""
+    def stop_for_exit(self, grace_s: float = 60.0) -> None:
+        """The window is closing: stop gracefully (a checkpoint is saved), kill after
+        ``grace_s``, and wait for the worker thread so nothing outlives the window."""
+        import time
+
+        from PySide6.QtWidgets import QApplication
+
+        worker = self.worker
+        if worker is None:
+            return
+        worker.request_stop()
+        deadline = time.monotonic() + grace_s
+        while self.worker is not None and time.monotonic() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.02)
         if self.worker is not None:
-            self.worker.request_stop()
+            worker.kill()
+            deadline = time.monotonic() + 10
+            while self.worker is not None and time.monotonic() < deadline:
+                QApplication.processEvents()
+                time.sleep(0.02)
 
     def _launch(self, worker) -> None:
         from qlora_studio.gui.workers import start_in_thread
@@ -162,8 +179,7 @@ class TrainPage(Page):
         worker.progress.connect(self._on_progress)
         worker.metrics.connect(self.loss_chart.add_metrics)
         worker.memory.connect(self._on_memory)
-        worker.checkpoint.connect(lambda e: self._append(f"checkpoint at step {e['step']}: "
-                                                         f"{e['path']}"))
+        worker.checkpoint.connect(self._on_checkpoint)
         worker.succeeded.connect(self._on_done)
         worker.failed.connect(self._on_failed)
         worker.cancelled.connect(self._on_cancelled)
@@ -182,6 +198,9 @@ class TrainPage(Page):
         self._append(f"• {message}")
         if message.startswith("Run folder: "):
             self.run_dir = Path(message.removeprefix("Run folder: ").strip())
+
+    def _on_checkpoint(self, event: dict) -> None:
+        self._append(f"checkpoint at step {event['step']}: {event['path']}")
 
     def _on_progress(self, event: dict) -> None:
         self.progress.setFormat("step %v of %m")
