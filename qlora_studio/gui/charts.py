@@ -130,6 +130,7 @@ class _LiveChart(QWidget):
             axis.setPen(AXIS_COLOUR)
             axis.setTextPen(AXIS_COLOUR)
             self.plot_item.setLabel(side, text, color=AXIS_COLOUR)
+            axis.enableAutoSIPrefix(False)  # "0.55 GB", not "550 (x0.001) GB"
         self.legend: pg.LegendItem = self.plot_item.addLegend(
             offset=legend_offset,
             labelTextColor="#333333",
