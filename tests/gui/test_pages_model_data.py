@@ -15,7 +15,11 @@ from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl  # noqa: E402
 from PySide6.QtGui import QDropEvent  # noqa: E402
 
 from qlora_studio.config import RunConfig  # noqa: E402
-from qlora_studio.gui.pages.dataset_page import DatasetPage  # noqa: E402
+from qlora_studio.gui.pages.dataset_page import (  # noqa: E402
+    TRAINED_COLOUR,
+    DatasetPage,
+    sample_html,
+)
 from qlora_studio.gui.pages.model_page import ModelPage, source_kind  # noqa: E402
 from qlora_studio.gui.state import StudioState  # noqa: E402
 
@@ -32,8 +36,13 @@ def state(tmp_path) -> StudioState:
 def write_alpaca(path: Path, rows: int = 12) -> Path:
     """Alpaca rows whose answers grow, so their token lengths spread over several bins."""
     lines = [
-        json.dumps({"instruction": f"Summarise the text {i}.", "input": "",
-                    "output": " ".join(["a short summary"] * (1 + 2 * i))})
+        json.dumps(
+            {
+                "instruction": f"Summarise the text {i}.",
+                "input": "",
+                "output": " ".join(["a short summary"] * (1 + 2 * i)),
+            }
+        )
         for i in range(rows)
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -205,8 +214,13 @@ def test_dataset_page_reports_a_broken_line_and_clears_results(qtbot, data_page,
     broken.write_text("\n".join(lines[:2] + ['{"instruction": "oops",'] + lines[2:]) + "\n")
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(broken))])
-    drop = QDropEvent(QPointF(20, 20), Qt.DropAction.CopyAction, mime,
-                      Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    drop = QDropEvent(
+        QPointF(20, 20),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
     page.dropEvent(drop)  # a dropped file is taken and analysed at once
     assert page.path_edit.text() == str(broken)
     wait_idle(qtbot, page)
@@ -241,3 +255,17 @@ def test_dataset_page_maps_columns(qtbot, data_page, state, tmp_path):
     assert cfg.data.format == "prompt_completion"
     page.system_edit.setText("Be brief.")  # a changed setting: the analysis is out of date
     assert not page.is_complete()
+
+
+def test_sample_html_highlights_trained_text_and_greys_the_cut():
+    preview = {
+        "text": "User: <hi>\nAssistant: an answer that is cut",
+        "spans": [[0, 22, False], [22, 43, True]],
+        "truncated_at": 31,
+    }
+    page_html = sample_html(preview)
+    assert "&lt;hi&gt;" in page_html  # the text is escaped, never interpreted
+    assert f"background-color:{TRAINED_COLOUR}'>an answer</span>" in page_html
+    assert "✂ max length" in page_html
+    assert page_html.index("✂") < page_html.index("that is cut")
+    assert "that is cut" not in page_html.split("✂")[0]

@@ -41,8 +41,17 @@ TRAINED_COLOUR = "#c6efce"  # background of the tokens the loss is computed on
 CUT_COLOUR = "#9e9e9e"  # text past max length
 ERROR_COLOUR = "#b00020"
 CELL_CHARS = 120  # raw-row cells are cut here (the tooltip holds more)
-OUR_NAMES = ("instruction", "input", "output", "system", "conversations", "messages", "prompt",
-             "completion", "text")
+OUR_NAMES = (
+    "instruction",
+    "input",
+    "output",
+    "system",
+    "conversations",
+    "messages",
+    "prompt",
+    "completion",
+    "text",
+)
 
 
 def sample_html(preview: dict) -> str:
@@ -95,7 +104,7 @@ class DatasetPage(Page):
     def __init__(self, state, parent: QWidget | None = None):
         super().__init__(state, parent)
         self.worker = None
-        self.thread = None
+        self._thread = None
         self.report: dict | None = None  # the last successful analysis
         self.sample = ""  # its rendered sample as HTML
         self._report_key: tuple | None = None  # the settings it was made with
@@ -172,8 +181,9 @@ class DatasetPage(Page):
         self.columns_table.horizontalHeader().setStretchLastSection(True)
         self.columns_table.verticalHeader().hide()
         self.columns_table.setFixedHeight(84)
-        self.columns_table.setToolTip(field_help("data", "columns") + "\nour names: "
-                                      + ", ".join(OUR_NAMES))
+        self.columns_table.setToolTip(
+            field_help("data", "columns") + "\nour names: " + ", ".join(OUR_NAMES)
+        )
         self.columns_table.itemChanged.connect(self._on_setting_changed)
         add = QPushButton("+")
         add.setToolTip("Add a column mapping")
@@ -204,8 +214,9 @@ class DatasetPage(Page):
     def _build_analyse_row(self) -> None:
         row = QHBoxLayout()
         self.analyse_button = QPushButton("Analyse")
-        self.analyse_button.setToolTip("Read, template and tokenize every row with the model's "
-                                       "tokenizer")
+        self.analyse_button.setToolTip(
+            "Read, template and tokenize every row with the model's tokenizer"
+        )
         self.analyse_button.clicked.connect(self.analyse)
         self.progress = QProgressBar()
         self.progress.setRange(0, 0)
@@ -240,10 +251,13 @@ class DatasetPage(Page):
         self.sample_view = QTextBrowser()
         self.sample_view.setOpenLinks(False)
         sample_column.addWidget(self.sample_view, 1)
-        sample_column.addWidget(QLabel(
-            f"<span style='background-color:{TRAINED_COLOUR}'>highlighted</span> = tokens the "
-            f"loss is computed on; <span style='color:{CUT_COLOUR}'>grey</span> = cut off by "
-            "max length"))
+        sample_column.addWidget(
+            QLabel(
+                f"<span style='background-color:{TRAINED_COLOUR}'>highlighted</span> = tokens the "
+                f"loss is computed on; <span style='color:{CUT_COLOUR}'>grey</span> = cut off by "
+                "max length"
+            )
+        )
         splitter.addWidget(sample_box)
 
         plot_box = QWidget()
@@ -270,9 +284,9 @@ class DatasetPage(Page):
         self.rows_table.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.rows_table.setMinimumHeight(150)
         column.addWidget(self.rows_table)
-        self.results.hide()
         self.layout_.addWidget(self.results, 1)
-        self.layout_.addStretch(0)  # takes the room while the results are hidden
+        self.layout_.addStretch(1)
+        self._show_results(False)
 
     # ---- settings -------------------------------------------------------------------------
     def add_column_mapping(self, ours: str, yours: str) -> None:
@@ -323,8 +337,9 @@ class DatasetPage(Page):
     def _current_key(self) -> tuple:
         settings = self._settings()
         settings.pop("model_folder")  # where the model lives does not change the analysis
-        return tuple((k, tuple(sorted(v.items())) if isinstance(v, dict) else v)
-                     for k, v in settings.items())
+        return tuple(
+            (k, tuple(sorted(v.items())) if isinstance(v, dict) else v) for k, v in settings.items()
+        )
 
     def _on_path_changed(self, _text: str = "") -> None:
         if self._loading:
@@ -356,8 +371,9 @@ class DatasetPage(Page):
 
     def _mark_stale(self) -> None:
         if self.report is not None and self._report_key != self._current_key():
-            self.status_label.setText("The settings changed since this analysis: "
-                                      "press Analyse to update it.")
+            self.status_label.setText(
+                "The settings changed since this analysis: press Analyse to update it."
+            )
 
     def _browse(self) -> None:
         start = self.path_edit.text() or str(Path.home())
@@ -435,8 +451,11 @@ class DatasetPage(Page):
         data.system_prompt = settings["system_prompt"]
 
     def is_complete(self) -> bool:
-        return (bool(self.path_edit.text().strip()) and self.report is not None
-                and self._report_key == self._current_key())
+        return (
+            bool(self.path_edit.text().strip())
+            and self.report is not None
+            and self._report_key == self._current_key()
+        )
 
     def on_shown(self) -> None:
         """Analyse when a file and a model are set and these settings were not tried yet."""
@@ -477,7 +496,7 @@ class DatasetPage(Page):
         self.worker = worker
         self.analyse_button.setEnabled(False)
         self.progress.show()
-        self.thread = start_in_thread(worker, self)
+        self._thread = start_in_thread(worker, self)
 
     def _on_analysed(self, report: dict) -> None:
         self.report, self._report_key = report, self._attempt_key
@@ -503,7 +522,7 @@ class DatasetPage(Page):
         self.progress.hide()
         self.analyse_button.setEnabled(True)
         self.worker = None
-        self.thread = None
+        self._thread = None
         if self._rerun:
             self._rerun = False
             if self._current_key() != self._attempt_key:
@@ -518,7 +537,7 @@ class DatasetPage(Page):
 
     def _clear_results(self) -> None:
         self.report, self._report_key, self.sample = None, None, ""
-        self.results.hide()
+        self._show_results(False)
         self.summary_label.setText("")
         self.sample_view.clear()
         self.plot.clear()
@@ -528,39 +547,57 @@ class DatasetPage(Page):
         self.rows_table.setRowCount(0)
         self.rows_table.setColumnCount(0)
 
+    def _show_results(self, visible: bool) -> None:
+        """Show or hide the results; while hidden the trailing stretch takes their room, so
+        the settings above keep their height."""
+        self.results.setVisible(visible)
+        self.layout_.setStretch(self.layout_.count() - 1, 0 if visible else 1)
+
     def _show_report(self, report: dict) -> None:
         self.summary_label.setText(summary_html(report))
         preview = report["preview"]
         self.sample = sample_html(preview)
-        self.sample_title.setText(f"<b>Rendered sample</b> (row {preview['row']}, "
-                                  f"{preview['tokens']:,} tokens, {preview['trained_tokens']:,} "
-                                  "trained)")
+        self.sample_title.setText(
+            f"<b>Rendered sample</b> (row {preview['row']}, "
+            f"{preview['tokens']:,} tokens, {preview['trained_tokens']:,} "
+            "trained)"
+        )
         self.sample_view.setHtml(self.sample)
         self._draw_histogram(report["stats"])
         self._fill_rows(report["columns"], report["sample_rows"])
-        self.results.show()
+        self._show_results(True)
 
     def _draw_histogram(self, stats: dict) -> None:
         edges, counts = stats["histogram"]["edges"], stats["histogram"]["counts"]
         max_length, truncated = stats["max_length"], stats["truncated_rows"]
         self.plot.clear()
-        self._bars = pg.BarGraphItem(x0=edges[:-1], x1=edges[1:], height=counts,
-                                     brush="#4e79a7", pen=pg.mkPen("#ffffff"))
+        self._bars = pg.BarGraphItem(
+            x0=edges[:-1], x1=edges[1:], height=counts, brush="#4e79a7", pen=pg.mkPen("#ffffff")
+        )
         self.plot.addItem(self._bars)
         # the max-length line is shown when it is near the data; far right it would squash it
         right = edges[-1]
         if max_length <= 1.5 * right:
             right = max(right, max_length)
-            line = pg.InfiniteLine(pos=max_length, angle=90,
-                                   pen=pg.mkPen(ERROR_COLOUR, width=2, style=Qt.PenStyle.DashLine),
-                                   label=f"max length {max_length:,}",
-                                   labelOpts={"position": 0.9, "color": ERROR_COLOUR})
+            line = pg.InfiniteLine(
+                pos=max_length,
+                angle=90,
+                pen=pg.mkPen(ERROR_COLOUR, width=2, style=Qt.PenStyle.DashLine),
+                label=f"max length {max_length:,}",
+                labelOpts={"position": 0.9, "color": ERROR_COLOUR},
+            )
             self.plot.addItem(line)
         self.plot.setXRange(edges[0], right + 0.03 * (right - edges[0] + 1), padding=0)
-        self.plot.setYRange(0, max(counts + [1]) * 1.1, padding=0)
+        highest = max(counts + [1])
+        self.plot.setYRange(0, highest * 1.1, padding=0)
+        if highest < 10:  # whole rows: no 0.5 ticks
+            self.plot.getAxis("left").setTickSpacing(1, 1)
+        else:
+            self.plot.getAxis("left").setTickSpacing()
         beyond = "" if max_length <= 1.5 * edges[-1] else " (max length is far past the longest)"
         self.truncated_label.setText(
-            f"<b>{truncated:,}</b> rows truncated at {max_length:,} tokens{beyond}")
+            f"<b>{truncated:,}</b> rows truncated at {max_length:,} tokens{beyond}"
+        )
 
     def _fill_rows(self, columns: list[str], rows: list[dict]) -> None:
         table = self.rows_table
@@ -594,9 +631,16 @@ def _analyse(reporter, cancel, settings: dict) -> dict:
 
     trust = settings["trust_remote_code"]
     reporter.emit(make_event("status", message="Loading the model's tokenizer…"))
-    folder = Path(settings["model_folder"]) if settings["model_folder"] else resolve_model(
-        settings["model"], allow_pickle=settings["allow_pickle"], trust_remote_code=trust,
-        reporter=reporter)
+    folder = (
+        Path(settings["model_folder"])
+        if settings["model_folder"]
+        else resolve_model(
+            settings["model"],
+            allow_pickle=settings["allow_pickle"],
+            trust_remote_code=trust,
+            reporter=reporter,
+        )
+    )
     tokenizer = load_tokenizer(folder, trust_remote_code=trust)
     try:
         model_type = json.loads((folder / "config.json").read_text("utf-8")).get("model_type", "")

@@ -105,7 +105,7 @@ class ModelPage(Page):
     def __init__(self, state, parent: QWidget | None = None):
         super().__init__(state, parent)
         self.worker = None
-        self.thread = None
+        self._thread = None
         self.info = None  # ModelInfo of the last successful inspection
         self._info_key: tuple | None = None  # the source it describes
         self._running_key: tuple | None = None
@@ -170,8 +170,9 @@ class ModelPage(Page):
     def _build_inspect_row(self) -> None:
         row = QHBoxLayout()
         self.inspect_button = QPushButton("Inspect")
-        self.inspect_button.setToolTip("Read the model's config and count its parameters "
-                                       "(no weights are loaded)")
+        self.inspect_button.setToolTip(
+            "Read the model's config and count its parameters (no weights are loaded)"
+        )
         self.inspect_button.clicked.connect(self.inspect)
         self.progress = QProgressBar()
         self.progress.setRange(0, 0)  # indeterminate: inspection has no step count
@@ -196,9 +197,20 @@ class ModelPage(Page):
         summary_box = QGroupBox("Summary")
         self.summary = QFormLayout(summary_box)
         self.summary_values: dict[str, QLabel] = {}
-        for name in ("Architecture", "Model type", "Parameters", "Layers", "Hidden size",
-                     "Heads", "Vocabulary", "Context", "Tied embeddings", "Stored dtype",
-                     "Chat template", "Weights"):
+        for name in (
+            "Architecture",
+            "Model type",
+            "Parameters",
+            "Layers",
+            "Hidden size",
+            "Heads",
+            "Vocabulary",
+            "Context",
+            "Tied embeddings",
+            "Stored dtype",
+            "Chat template",
+            "Weights",
+        ):
             value = QLabel("")
             value.setTextInteractionFlags(SELECTABLE)
             self.summary_values[name] = value
@@ -226,8 +238,11 @@ class ModelPage(Page):
         return DEMO if self._kind == DEMO else self.source_edit.text().strip()
 
     def _current_key(self) -> tuple:
-        return (self.current_source(), self.pickle_box.isChecked(),
-                self.remote_code_box.isChecked())
+        return (
+            self.current_source(),
+            self.pickle_box.isChecked(),
+            self.remote_code_box.isChecked(),
+        )
 
     def _show_kind(self, kind: str) -> None:
         """Check ``kind``'s radio and show its text (each kind keeps what was typed for it)."""
@@ -354,8 +369,10 @@ class ModelPage(Page):
         self._running_key = key
         self.error_label.hide()
         if source == DEMO and demo_needs_conversion():
-            self.status_label.setText("First use of the demo model: converting its GGUF once "
-                                      "(about a minute; instant afterwards)…")
+            self.status_label.setText(
+                "First use of the demo model: converting its GGUF once "
+                "(about a minute; instant afterwards)…"
+            )
         else:
             self.status_label.setText(f"Inspecting {html.escape(source)}…")
         worker = FunctionWorker(_inspect, source, key[1], key[2])
@@ -367,12 +384,13 @@ class ModelPage(Page):
         self.worker = worker
         self.inspect_button.setEnabled(False)
         self.progress.show()
-        self.thread = start_in_thread(worker, self)
+        self._thread = start_in_thread(worker, self)
 
     def _on_inspected(self, info) -> None:
         if self._running_key != self._current_key():
-            self.status_label.setText("The source changed while it was inspected: "
-                                      "press Inspect again.")
+            self.status_label.setText(
+                "The source changed while it was inspected: press Inspect again."
+            )
             return
         self.info, self._info_key = info, self._running_key
         self._show_info(info.to_dict())
@@ -394,7 +412,7 @@ class ModelPage(Page):
         self.progress.hide()
         self.inspect_button.setEnabled(True)
         self.worker = None
-        self.thread = None
+        self._thread = None
 
     def _show_error(self, message: str, hint: str) -> None:
         text = f"<span style='color:{ERROR_COLOUR}'><b>{html.escape(message)}</b></span>"
@@ -418,21 +436,32 @@ class ModelPage(Page):
         values["Heads"].setText(f"{heads} (head dim {info['head_dim']})")
         values["Vocabulary"].setText(f"{info['vocab_size']:,} tokens")
         values["Context"].setText(f"{info['context_length']:,} tokens")
-        values["Tied embeddings"].setText("yes (lm_head shares the input embedding)"
-                                          if info["tied_embeddings"] else "no")
+        values["Tied embeddings"].setText(
+            "yes (lm_head shares the input embedding)" if info["tied_embeddings"] else "no"
+        )
         values["Stored dtype"].setText(info["torch_dtype"])
-        values["Chat template"].setText("yes" if info["has_chat_template"]
-                                        else "none (the Dataset page picks a fallback)")
+        values["Chat template"].setText(
+            "yes" if info["has_chat_template"] else "none (the Dataset page picks a fallback)"
+        )
         values["Weights"].setText(info["weights_format"])
         self.folder_edit.setText(info["path"])
         self.folder_edit.setCursorPosition(0)
 
-        kinds = [(kind, f"{count:,}", f"{100 * count / total:.1f} %" if total else "–")
-                 for kind, count in info["params_by_kind"].items() if count]
+        kinds = [
+            (kind, f"{count:,}", f"{100 * count / total:.1f} %" if total else "–")
+            for kind, count in info["params_by_kind"].items()
+            if count
+        ]
         _fill(self.kinds_table, kinds, right_aligned={1, 2})
-        targets = [(layer["name"], layer["kind"], str(layer["count"]),
-                    f"{layer['in_features']:,} → {layer['out_features']:,}")
-                   for layer in info["linear_layers"]]
+        targets = [
+            (
+                layer["name"],
+                layer["kind"],
+                str(layer["count"]),
+                f"{layer['in_features']:,} → {layer['out_features']:,}",
+            )
+            for layer in info["linear_layers"]
+        ]
         _fill(self.targets_table, targets, right_aligned={2})
         self.results.show()
 
@@ -441,5 +470,6 @@ def _inspect(reporter, cancel, source: str, allow_pickle: bool, trust_remote_cod
     """Runs in the worker thread: the ModelInfo (plain data) of ``source``."""
     from qlora_studio.core.models import inspect_model
 
-    return inspect_model(source, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                         reporter=reporter)
+    return inspect_model(
+        source, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, reporter=reporter
+    )
