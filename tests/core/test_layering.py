@@ -20,6 +20,7 @@ CORE_MODULES = [
     "qlora_studio.core.memory",
     "qlora_studio.core.fit",
     "qlora_studio.core.probe",
+    "qlora_studio.core.hub",
 ]
 
 

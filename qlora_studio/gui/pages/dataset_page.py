@@ -5,9 +5,7 @@ tokens highlighted, the token-length histogram and how many rows max length trun
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
-from typing import Any
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
@@ -34,6 +32,12 @@ from PySide6.QtWidgets import (
 
 from qlora_studio.config import CHAT_TEMPLATES, DATA_FORMATS, TRAIN_ON, RunConfig, field_help
 from qlora_studio.gui.pages.base import Page
+from qlora_studio.gui.pages.dataset_report import (
+    _analyse,
+    _cell_text,
+    sample_html,
+    summary_html,
+)
 
 DATA_FILTER = "Data files (*.jsonl *.json *.csv *.tsv *.parquet *.txt);;All files (*)"
 DEBOUNCE_MS = 400
@@ -52,50 +56,6 @@ OUR_NAMES = (
     "completion",
     "text",
 )
-
-
-def sample_html(preview: dict) -> str:
-    """The rendered sample as HTML: trained spans on a green background, untrained text plain,
-    and whatever max length cuts off greyed after a scissors mark."""
-    text = preview["text"]
-    cut = preview.get("truncated_at")
-    cut = len(text) if cut is None else cut
-    parts: list[str] = []
-    marked = False
-    for start, end, trained in preview["spans"]:
-        for a, b in ((start, min(end, cut)), (max(start, cut), end)):
-            if a >= b:
-                continue
-            piece = html.escape(text[a:b])
-            if a >= cut:
-                if not marked:
-                    parts.append(f"<span style='color:{ERROR_COLOUR}'>✂ max length </span>")
-                    marked = True
-                parts.append(f"<span style='color:{CUT_COLOUR}'>{piece}</span>")
-            elif trained:
-                parts.append(f"<span style='background-color:{TRAINED_COLOUR}'>{piece}</span>")
-            else:
-                parts.append(piece)
-    body = "".join(parts)
-    return f"<div style='white-space: pre-wrap; font-family: monospace'>{body}</div>"
-
-
-def summary_html(report: dict) -> str:
-    """One paragraph: rows, format, template, split, truncation and the trained share."""
-    stats = report["stats"]
-    return (
-        f"<b>{report['rows']:,}</b> rows, format <b>{report['format']}</b>, template "
-        f"<b>{html.escape(str(report.get('template', '')))}</b> · {stats['train_rows']:,} train "
-        f"/ {stats['eval_rows']:,} validation · <b>{stats['truncated_rows']:,}</b> truncated at "
-        f"{stats['max_length']:,} tokens · {stats['trained_share']:.0%} of tokens trained"
-        f"<br>Tokens per row: min {stats['min_length']:,}, mean {stats['mean_length']:,.0f}, "
-        f"95% {stats['p95_length']:,}, max {stats['max_length_seen']:,}"
-    )
-
-
-def _cell_text(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return text.replace("\r\n", "\n").replace("\n", " ⏎ ")
 
 
 class DatasetPage(Page):
@@ -620,45 +580,3 @@ class DatasetPage(Page):
 def _select(combo: QComboBox, value: str) -> None:
     index = combo.findData(value)
     combo.setCurrentIndex(max(index, 0))
-
-
-def _analyse(reporter, cancel, settings: dict) -> dict:
-    """Runs in the worker thread: the model's tokenizer, then inspect_data with the settings."""
-    from qlora_studio.core.data import inspect_data
-    from qlora_studio.core.errors import Cancelled
-    from qlora_studio.core.events import make_event
-    from qlora_studio.core.models import load_tokenizer, resolve_model
-
-    trust = settings["trust_remote_code"]
-    reporter.emit(make_event("status", message="Loading the model's tokenizer…"))
-    folder = (
-        Path(settings["model_folder"])
-        if settings["model_folder"]
-        else resolve_model(
-            settings["model"],
-            allow_pickle=settings["allow_pickle"],
-            trust_remote_code=trust,
-            reporter=reporter,
-        )
-    )
-    tokenizer = load_tokenizer(folder, trust_remote_code=trust)
-    try:
-        model_type = json.loads((folder / "config.json").read_text("utf-8")).get("model_type", "")
-    except (OSError, ValueError):
-        model_type = ""
-    if cancel.is_set():
-        raise Cancelled("analysis stopped", "press Analyse to run it again")
-    name = Path(settings["path"]).name or settings["path"]
-    reporter.emit(make_event("status", message=f"Reading, templating and tokenizing {name}…"))
-    return inspect_data(
-        settings["path"],
-        tokenizer=tokenizer,
-        model_type=model_type,
-        format=settings["format"],
-        columns=settings["columns"],
-        chat_template=settings["chat_template"],
-        max_length=settings["max_length"],
-        train_on=settings["train_on"],
-        validation_split=settings["validation_split"],
-        system_prompt=settings["system_prompt"],
-    )
