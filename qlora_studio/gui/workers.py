@@ -410,3 +410,15 @@ class FunctionWorker(QObject):
     def request_stop(self) -> None:
         """Ask the function to stop (it sees the cancel event set). Thread-safe."""
         self.cancel_event.set()
+
+
+def end_thread(thread: QThread | None, timeout_ms: int = 30_000) -> None:
+    """Let a job's thread end before the GUI shows its outcome. Call it first in the slots that
+    receive a worker's outcome: wait() releases the GIL, so the worker's teardown in its own
+    thread cannot deadlock against the GUI thread, and the thread's parent (a page) is never
+    destroyed with the thread still running."""
+    import shiboken6
+
+    if thread is not None and shiboken6.isValid(thread) and thread is not QThread.currentThread():
+        thread.quit()
+        thread.wait(timeout_ms)

@@ -8,6 +8,7 @@ import html
 from pathlib import Path
 
 import pyqtgraph as pg
+import shiboken6
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import (
@@ -17,6 +18,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QProgressBar,
@@ -44,6 +46,7 @@ DEBOUNCE_MS = 400
 TRAINED_COLOUR = "#c6efce"  # background of the tokens the loss is computed on
 CUT_COLOUR = "#9e9e9e"  # text past max length
 ERROR_COLOUR = "#b00020"
+JOIN_TIMEOUT_MS = 30_000
 CELL_CHARS = 120  # raw-row cells are cut here (the tooltip holds more)
 OUR_NAMES = (
     "instruction",
@@ -138,7 +141,7 @@ class DatasetPage(Page):
         right.addRow("System prompt", self.system_edit)
         self.columns_table = QTableWidget(0, 2)
         self.columns_table.setHorizontalHeaderLabels(["ours", "yours"])
-        self.columns_table.horizontalHeader().setStretchLastSection(True)
+        self.columns_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.columns_table.verticalHeader().hide()
         self.columns_table.setFixedHeight(84)
         self.columns_table.setToolTip(
@@ -459,6 +462,7 @@ class DatasetPage(Page):
         self._thread = start_in_thread(worker, self)
 
     def _on_analysed(self, report: dict) -> None:
+        self._end_thread()
         self.report, self._report_key = report, self._attempt_key
         self.status_label.setText("")
         self._show_report(report)
@@ -469,6 +473,7 @@ class DatasetPage(Page):
         self.changed.emit()
 
     def _on_failed(self, message: str, hint: str) -> None:
+        self._end_thread()
         self.status_label.setText("")
         self._clear_results()
         self.state.set_data_report(None)
@@ -476,13 +481,24 @@ class DatasetPage(Page):
         self.changed.emit()
 
     def _on_cancelled(self) -> None:
+        self._end_thread()
         self.status_label.setText("Analysis cancelled.")
+
+    def _end_thread(self) -> None:
+        """Let the job's thread end before its outcome is shown. The worker is deleted in that
+        thread and needs the GIL there; waiting here (wait() releases the GIL) keeps the GUI
+        thread from holding the GIL while Qt locks that teardown also takes (a deadlock), and
+        the page, the thread's parent, is never destroyed with its thread running."""
+        thread, self._thread = self._thread, None
+        if thread is not None and shiboken6.isValid(thread):
+            thread.quit()
+            thread.wait(JOIN_TIMEOUT_MS)
 
     def _on_finished(self) -> None:
         self.progress.hide()
         self.analyse_button.setEnabled(True)
         self.worker = None
-        self._thread = None
+        self._end_thread()
         if self._rerun:
             self._rerun = False
             if self._current_key() != self._attempt_key:

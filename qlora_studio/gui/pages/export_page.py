@@ -27,6 +27,7 @@ class ExportPage(Page):
         super().__init__(state, parent)
         self.exported: Path | None = None
         self.worker = None
+        self._thread = None
         form = QFormLayout()
         run_row = QHBoxLayout()
         self.run_edit = QLineEdit()
@@ -98,18 +99,27 @@ class ExportPage(Page):
         self.export_button.setEnabled(False)
         self.bar.show()
         self.worker = worker
-        start_in_thread(worker, self)
+        self._thread = start_in_thread(worker, self)
 
     def _on_done(self, path) -> None:
+        self._end_thread()
         self.exported = Path(path)
         self.message.setText(f"Exported to <b>{path}</b>")
         self.open_button.setEnabled(True)
         self.changed.emit()
 
     def _on_failed(self, message: str, hint: str) -> None:
+        self._end_thread()
         self.message.setText(f"<span style='color:#b00020'><b>{message}</b></span><br>{hint}")
 
+    def _end_thread(self) -> None:
+        from qlora_studio.gui.workers import end_thread
+
+        thread, self._thread = self._thread, None
+        end_thread(thread)
+
     def _on_finished(self) -> None:
+        self._end_thread()
         self.bar.hide()
         self.export_button.setEnabled(True)
         self.worker = None

@@ -32,6 +32,7 @@ class MemoryPage(Page):
         self.estimates: dict = {}
         self.verdicts: dict = {}
         self.probe_worker = None
+        self._thread = None
 
         row = QHBoxLayout()
         row.addWidget(QLabel("Judge against:"))
@@ -190,12 +191,20 @@ class MemoryPage(Page):
         worker.failed.connect(self._on_probe_failed)
         worker.finished.connect(self._probe_finished)
         self.probe_worker = worker
-        start_in_thread(worker, self)
+        self._thread = start_in_thread(worker, self)
 
     def _on_probe_failed(self, message: str, hint: str) -> None:
+        self._end_thread()
         self._probe_text(f"<span style='color:#b00020'>Probe failed: {message}</span> {hint}")
 
+    def _end_thread(self) -> None:
+        from qlora_studio.gui.workers import end_thread
+
+        thread, self._thread = self._thread, None
+        end_thread(thread)
+
     def _probe_finished(self) -> None:
+        self._end_thread()
         self.verify_button.setEnabled(True)
         self.probe_bar.hide()
         self.probe_worker = None
@@ -204,6 +213,7 @@ class MemoryPage(Page):
         self.details.setHtml(html + self.details.toHtml())
 
     def _on_probe(self, result: dict) -> None:
+        self._end_thread()
         if "error" in result:
             self._probe_text(f"<p style='color:#b00020'>Probe failed: {result['error']}</p>")
             return

@@ -7,6 +7,7 @@ import html
 import re
 from pathlib import Path
 
+import shiboken6
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -45,6 +46,7 @@ PLACEHOLDERS = {
     HUB: "org/name, e.g. Qwen/Qwen2.5-0.5B-Instruct",
 }
 ERROR_COLOUR = "#b00020"
+JOIN_TIMEOUT_MS = 30_000
 SELECTABLE = Qt.TextInteractionFlag.TextSelectableByMouse
 RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -387,6 +389,7 @@ class ModelPage(Page):
         self._thread = start_in_thread(worker, self)
 
     def _on_inspected(self, info) -> None:
+        self._end_thread()
         if self._running_key != self._current_key():
             self.status_label.setText(
                 "The source changed while it was inspected: press Inspect again."
@@ -401,18 +404,30 @@ class ModelPage(Page):
         self.changed.emit()
 
     def _on_failed(self, message: str, hint: str) -> None:
+        self._end_thread()
         self.status_label.setText("")
         if self._running_key == self._current_key():
             self._show_error(message, hint)
 
     def _on_cancelled(self) -> None:
+        self._end_thread()
         self.status_label.setText("Inspection cancelled.")
+
+    def _end_thread(self) -> None:
+        """Let the job's thread end before its outcome is shown. The worker is deleted in that
+        thread and needs the GIL there; waiting here (wait() releases the GIL) keeps the GUI
+        thread from holding the GIL while Qt locks that teardown also takes (a deadlock), and
+        the page, the thread's parent, is never destroyed with its thread running."""
+        thread, self._thread = self._thread, None
+        if thread is not None and shiboken6.isValid(thread):
+            thread.quit()
+            thread.wait(JOIN_TIMEOUT_MS)
 
     def _on_finished(self) -> None:
         self.progress.hide()
         self.inspect_button.setEnabled(True)
         self.worker = None
-        self._thread = None
+        self._end_thread()
 
     def _show_error(self, message: str, hint: str) -> None:
         text = f"<span style='color:{ERROR_COLOUR}'><b>{html.escape(message)}</b></span>"

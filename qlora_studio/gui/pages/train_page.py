@@ -217,6 +217,7 @@ class TrainPage(Page):
             self.memory_chart.set_gpu_total(event["nvml_total_bytes"])
 
     def _on_done(self, event: dict) -> None:
+        self._end_thread()
         self.finished_ok = True
         self.run_dir = Path(event["run_dir"])
         loss = event.get("final_loss")
@@ -228,6 +229,7 @@ class TrainPage(Page):
         self.changed.emit()
 
     def _on_failed(self, message: str, hint: str) -> None:
+        self._end_thread()
         if "out of memory" in message.lower():
             self.memory_chart.mark_oom()
         self._say_error(message, hint)
@@ -240,16 +242,23 @@ class TrainPage(Page):
         self._append(f"✗ {message}" + (f"\n  hint: {hint}" if hint else ""))
 
     def _on_cancelled(self, event: dict) -> None:
+        self._end_thread()
         checkpoint = event.get("checkpoint") or ""
         if checkpoint:
             self.run_dir = Path(checkpoint).parent.parent
         self.numbers.setText(f"Stopped at step {event['step']}. Checkpoint: {checkpoint or 'none'}"
                              " — Resume continues from there.")
 
+    def _end_thread(self) -> None:
+        from qlora_studio.gui.workers import end_thread
+
+        thread, self.thread = self.thread, None
+        end_thread(thread)
+
     def _on_finished(self) -> None:
+        self._end_thread()
         self.state.running = False
         self.worker = None
-        self.thread = None
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         self.resume_button.setEnabled(self.run_dir is not None and not self.finished_ok)
