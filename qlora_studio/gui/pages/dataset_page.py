@@ -8,7 +8,6 @@ import html
 from pathlib import Path
 
 import pyqtgraph as pg
-import shiboken6
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import (
@@ -489,10 +488,10 @@ class DatasetPage(Page):
         thread and needs the GIL there; waiting here (wait() releases the GIL) keeps the GUI
         thread from holding the GIL while Qt locks that teardown also takes (a deadlock), and
         the page, the thread's parent, is never destroyed with its thread running."""
+        from qlora_studio.gui.workers import end_thread
+
         thread, self._thread = self._thread, None
-        if thread is not None and shiboken6.isValid(thread):
-            thread.quit()
-            thread.wait(JOIN_TIMEOUT_MS)
+        end_thread(thread, JOIN_TIMEOUT_MS)
 
     def _on_finished(self) -> None:
         self.progress.hide()
