@@ -106,6 +106,10 @@ def _build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     probe.add_argument("--json", action="store_true", help="print one JSON object")
 
+    from qlora_studio.cli_runs import add_runs_parser
+
+    add_runs_parser(sub)
+
     gui = sub.add_parser("gui", help="open the desktop app")
     gui.add_argument("--config", help="open on a saved run config")
     return parser
@@ -132,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": _cmd_export,
         "estimate": _cmd_estimate,
         "probe": _cmd_probe,
+        "runs": _cmd_runs,
     }[args.command]
     return handler(args)
 
@@ -309,6 +314,12 @@ def _cmd_probe(args) -> int:
     from qlora_studio.cli_memory import run_probe_command
 
     return run_probe_command(args)
+
+
+def _cmd_runs(args) -> int:
+    from qlora_studio.cli_runs import run_runs_command
+
+    return run_runs_command(args)
 
 
 def _print_histogram(histogram: dict, max_length: int) -> None:

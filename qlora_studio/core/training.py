@@ -137,6 +137,7 @@ class FineTuneRecipe:
         self.run_dir = Path(run_dir) if run_dir else None
         self.resume = resume
         self._events_file = None
+        self.recorder = None  # the run's row in the run history (core/run_recorder.py)
         self.model = None
         self.tokenizer = None
         self.prepared = None
@@ -260,6 +261,8 @@ class FineTuneRecipe:
         if self._events_file is not None:
             self._events_file.close()
             self._events_file = None
+        if self.recorder is not None:
+            self.recorder.close()
 
     # ---- builders -------------------------------------------------------------------------
     def _open_run_dir(self) -> None:
@@ -269,8 +272,30 @@ class FineTuneRecipe:
         if not self.resume:
             self.cfg.save(self.run_dir / CONFIG_FILE)
         self._events_file = open(self.run_dir / EVENTS_FILE, "a", encoding="utf-8")  # noqa: SIM115
-        self.reporter = TeeReporter(self.screen, JsonLinesReporter(self._events_file))
+        to_screen_and_file = TeeReporter(self.screen, JsonLinesReporter(self._events_file))
+        self.recorder = self._start_recorder(warn=to_screen_and_file)
+        # the history first: when the screen (the GUI) sees 'done', the row already says so
+        self.reporter = TeeReporter(self.recorder, to_screen_and_file)
         self._status(f"Run folder: {self.run_dir}")
+
+    def _start_recorder(self, warn: Reporter):
+        from qlora_studio.core.run_recorder import RunRecorder
+
+        recorder = RunRecorder(
+            self.run_dir,
+            self.cfg.to_yaml(),
+            method=self.cfg.method,
+            model_source=self.cfg.model.source,
+            resume=self.resume,
+            warn=warn,
+        )
+        recorder.start()
+        return recorder
+
+    def record_outcome(self, status: str, error: str | None = None) -> None:
+        """Record an outcome the event stream did not carry (an exception)."""
+        if self.recorder is not None:
+            self.recorder.finish(status, error=error)
 
     def _setup_model(self):
         import torch
@@ -457,6 +482,13 @@ def run_training(
     except StudioError as exc:
         if recipe.run_dir is not None and not isinstance(exc, Cancelled):
             _write_json(recipe.run_dir / SUMMARY_FILE, {"status": "failed", "error": exc.message})
+        recipe.record_outcome("cancelled" if isinstance(exc, Cancelled) else "failed", exc.message)
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C: the checkpoints so far are kept
+        recipe.record_outcome("cancelled", "interrupted")
+        raise
+    except Exception as exc:
+        recipe.record_outcome("failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
         recipe.cleanup()

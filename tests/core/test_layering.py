@@ -21,6 +21,8 @@ CORE_MODULES = [
     "qlora_studio.core.fit",
     "qlora_studio.core.probe",
     "qlora_studio.core.hub",
+    "qlora_studio.core.runs",
+    "qlora_studio.core.run_recorder",
 ]
 
 
@@ -57,5 +59,5 @@ def test_help_is_instant_and_lists_commands():
         [sys.executable, "-m", "qlora_studio", "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0
-    for command in ("train", "resume", "inspect-model", "inspect-data", "export"):
+    for command in ("train", "resume", "inspect-model", "inspect-data", "export", "runs"):
         assert command in result.stdout
