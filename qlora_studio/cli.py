@@ -110,6 +110,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_runs_parser(sub)
 
+    from qlora_studio.cli_eval import add_parsers as add_eval_parsers
+
+    add_eval_parsers(sub)
+
     gui = sub.add_parser("gui", help="open the desktop app")
     gui.add_argument("--config", help="open on a saved run config")
     return parser
@@ -136,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         "export": _cmd_export,
         "estimate": _cmd_estimate,
         "probe": _cmd_probe,
+        "eval": _cmd_eval,
+        "chat": _cmd_chat,
         "runs": _cmd_runs,
     }[args.command]
     return handler(args)
@@ -320,6 +326,18 @@ def _cmd_runs(args) -> int:
     from qlora_studio.cli_runs import run_runs_command
 
     return run_runs_command(args)
+
+
+def _cmd_eval(args) -> int:
+    from qlora_studio.cli_eval import run_eval
+
+    return run_eval(args)
+
+
+def _cmd_chat(args) -> int:
+    from qlora_studio.cli_eval import run_chat
+
+    return run_chat(args)
 
 
 def _print_histogram(histogram: dict, max_length: int) -> None:
