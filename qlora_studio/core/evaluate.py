@@ -29,10 +29,10 @@ from typing import Any
 from qlora_studio.config import RunConfig
 from qlora_studio.core.errors import Cancelled, DatasetError, StudioError
 from qlora_studio.core.events import NullReporter, Reporter, make_event
+from qlora_studio.core.templates import stop_token_ids
 
 SIDES = ("base", "tuned")
 EVAL_FOLDER = "evaluation"
-_END_MARKERS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
 
 
 class EvaluationError(StudioError):
@@ -182,7 +182,7 @@ class ComparisonModel:
         self.model = model  # a PeftModel (LoRA / QLoRA) or the tuned full model
         self.base_model = base_model  # only for full fine-tunes; None when the adapter toggles
         self.device = device
-        self.stop_ids = _stop_token_ids(tokenizer)
+        self.stop_ids = stop_token_ids(tokenizer)
         self._lock = threading.Lock()  # one generation at a time: the adapter switch is global
 
     # ---- loading ------------------------------------------------------------------------------
@@ -380,19 +380,6 @@ def _pick(logits, settings: GenerationSettings, generator) -> int:
         choice = torch.multinomial(sorted_probs.cpu() / sorted_probs.sum(), 1, generator=generator)
         return int(order[choice.to(order.device)])
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
-
-
-def _stop_token_ids(tokenizer) -> list[int]:
-    """EOS, the generation config's EOS ids and the chat template's end-of-turn marker."""
-    ids = []
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    template = getattr(tokenizer, "chat_template", None) or ""
-    vocab = tokenizer.get_vocab()
-    for marker in _END_MARKERS:
-        if marker in template and marker in vocab:
-            ids.append(int(vocab[marker]))
-    return sorted(set(ids))
 
 
 # ---------------------------------------------------------------- evaluation

@@ -121,6 +121,9 @@ def model_card(cfg: RunConfig, summary: dict[str, Any]) -> str:
         f"format {summary.get('format', '?')}) |",
         f"| Chat template | {summary.get('template', '?')} |",
         f"| EOS token | `{summary.get('eos_token', '')}` |",
+        "| Stop tokens | "
+        + ", ".join(f"`{t}`" for t in summary.get("stop_tokens") or [summary.get("eos_token")])
+        + " |",
         f"| Steps | {summary.get('step', '?')} of {summary.get('total_steps', '?')} "
         f"({summary.get('status', '')}) |",
         f"| Final training loss | {_fmt(summary.get('final_loss'))} "
@@ -160,12 +163,23 @@ def model_card(cfg: RunConfig, summary: dict[str, Any]) -> str:
     lines += [
         "```",
         "",
-        "Prompts must use the chat template above (`tokenizer.apply_chat_template`); the model",
-        "learned to end its answers with the EOS token listed.",
+        "Prompts must use the chat template the run trained with (below, also saved with the",
+        "tokenizer: `tokenizer.apply_chat_template(messages, add_generation_prompt=True)`). The",
+        "model learned to end its answers with the stop tokens listed: pass their ids to",
+        "`generate(eos_token_id=[...])` so it stops there.",
         "",
         "The exact run can be repeated with `qlora-studio train config.yaml`.",
         "",
     ]
+    if summary.get("chat_template"):
+        lines += [
+            f"## Chat template ({summary.get('template', '?')})",
+            "",
+            "```jinja",
+            str(summary["chat_template"]),
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -217,6 +231,7 @@ def _export_merged(cfg: RunConfig, adapter_dir: Path, dest: Path, reporter: Repo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from qlora_studio.core.models import resolve_model
+    from qlora_studio.core.templates import stop_token_ids
 
     if dest.exists():
         raise ExportError(f"{dest} already exists", "choose another folder with --out")
@@ -237,6 +252,9 @@ def _export_merged(cfg: RunConfig, adapter_dir: Path, dest: Path, reporter: Repo
     reporter.emit(make_event("status", message="Merging the adapter into the base weights"))
     merged = model.merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    stop_ids = stop_token_ids(tokenizer)
+    if stop_ids:  # plain `generate` on the merged model stops where training taught it to
+        merged.generation_config.eos_token_id = stop_ids
     with atomic_folder(dest) as tmp:
         reporter.emit(make_event("status", message=f"Writing the merged model to {dest}"))
         merged.save_pretrained(tmp)

@@ -160,6 +160,27 @@ def resolve_chat_template(tokenizer: Any, name: str = "auto", model_type: str = 
 _END_MARKERS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "</s>")
 
 
+def stop_tokens(tokenizer: Any) -> list[str]:
+    """The tokens that end an answer: EOS plus the chat template's end-of-turn marker when the
+    template uses one that is a single token of the vocabulary."""
+    found = []
+    eos = getattr(tokenizer, "eos_token", None)
+    if eos:
+        found.append(eos)
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, str):
+        for marker in _END_MARKERS:
+            if marker in template and marker not in found and _vocab_has(tokenizer, marker):
+                found.append(marker)
+    return found
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """The ids of :func:`stop_tokens`, for ``generate(eos_token_id=...)``."""
+    ids = [tokenizer.convert_tokens_to_ids(token) for token in stop_tokens(tokenizer)]
+    return sorted({int(i) for i in ids if i is not None and i != tokenizer.unk_token_id})
+
+
 def _apply(tokenizer: Any, messages: list[dict], generation: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
 
