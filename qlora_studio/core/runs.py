@@ -23,7 +23,7 @@ from typing import Any
 
 from qlora_studio.core.errors import StudioError
 from qlora_studio.core.events import parse_event_line
-from qlora_studio.core.training import CONFIG_FILE, EVENTS_FILE
+from qlora_studio.core.training import CONFIG_FILE, EVENTS_FILE, last_checkpoint
 
 DB_FILE = "runs.sqlite3"
 SCHEMA_VERSION = 1
@@ -153,6 +153,14 @@ def read_loss_curve(run_dir: str | os.PathLike[str]) -> list[tuple[int, float]]:
                 points.pop()
             points.append((step, float(event["loss"])))
     return points
+
+
+def _what_a_dead_run_left(run_dir: Path) -> tuple[list[tuple[int, float]], Path | None]:
+    """The loss curve logged and the last complete checkpoint of a run whose process died."""
+    try:
+        return read_loss_curve(run_dir), last_checkpoint(run_dir)
+    except OSError:
+        return [], None
 
 
 class RunHistory:
@@ -337,7 +345,8 @@ class RunHistory:
         host = socket.gethostname()
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, pid, process_started FROM runs WHERE status = 'running' AND host = ?",
+                "SELECT id, pid, process_started, run_dir FROM runs "
+                "WHERE status = 'running' AND host = ?",
                 (host,),
             ).fetchall()
         dead = [
@@ -347,15 +356,25 @@ class RunHistory:
         ]
         if not dead:
             return []
+        # the row lags the run by up to a write interval; its folder tells where it really got
+        found = {row["id"]: _what_a_dead_run_left(Path(row["run_dir"])) for row in dead}
         with self._write() as db:
             for row in dead:
+                curve, checkpoint = found[row["id"]]
                 db.execute(
-                    "UPDATE runs SET status = 'crashed', ended = updated, error = :error "
+                    "UPDATE runs SET status = 'crashed', ended = updated, error = :error, "
+                    "step = max(step, :step), final_loss = coalesce(:loss, final_loss), "
+                    "best_loss = min(coalesce(best_loss, :best), coalesce(:best, best_loss)), "
+                    "checkpoint_dir = coalesce(:checkpoint, checkpoint_dir) "
                     "WHERE id = :id AND status = 'running'",  # it may have finished meanwhile
                     {
                         "id": row["id"],
                         "error": f"the training process (pid {row['pid']}) ended without "
                         "recording an outcome (killed, out of memory, or the computer stopped)",
+                        "step": curve[-1][0] if curve else 0,
+                        "loss": curve[-1][1] if curve else None,
+                        "best": min(loss for _, loss in curve) if curve else None,
+                        "checkpoint": str(checkpoint) if checkpoint else None,
                     },
                 )
         return [int(row["id"]) for row in dead]

@@ -3,6 +3,7 @@ and the data, and the settings that persist across launches (QSettings)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, QSettings, Signal
@@ -32,6 +33,7 @@ class StudioState(QObject):
         self.model_info: Any = None
         self.data_report: dict | None = None
         self.running = False  # a training run is in progress
+        self.run_dir: Path | None = None  # the run chosen on the Runs page (Compare, Export)
 
     # ---- results shared between pages -----------------------------------------------------
     def set_model_info(self, info: Any) -> None:

@@ -368,6 +368,10 @@ def test_killed_training_is_marked_crashed_then_resumes_in_the_same_row(
     checkpoint = last_checkpoint(run_dir)
     checkpoint_step = int(checkpoint.name.removeprefix("checkpoint-"))
     assert 2 <= checkpoint_step < 24
+    # what the folder shows, even past the row's last throttled write
+    assert crashed["checkpoint_dir"] == str(checkpoint)
+    assert crashed["step"] >= checkpoint_step and crashed["step"] >= record.step
+    assert crashed["step"] == read_loss_curve(run_dir)[-1][0]
 
     resumed = run_cli("resume", run_dir, "--events", "jsonl")
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -140,6 +140,20 @@ class TrainPage(Page):
         if self.run_dir is not None:
             self._launch(TrainWorker.resume(self.run_dir))
 
+    def resume_run(self, run_dir: Path, losses=()) -> None:
+        """Resume the run in ``run_dir`` (chosen on the Runs page); ``losses`` are its
+        (step, loss) points so far, shown until the resumed steps replace them."""
+        run_dir = Path(run_dir)
+        if run_dir != self.run_dir:
+            self.loss_chart.clear()
+            self.memory_chart.clear()
+            self.log.clear()
+            for step, loss in losses:
+                self.loss_chart.add_metrics({"step": step, "loss": loss})
+        self.run_dir = run_dir
+        self.finished_ok = False
+        self.resume()
+
     def stop(self) -> None:
         if self.worker is not None:
             self.worker.request_stop()
