@@ -121,7 +121,9 @@ def print_report(report, rows: int = 10) -> None:
         if len(report.rows) > rows:
             print(f"  ... {len(report.rows) - rows} more rows in the saved report")
     print()
-    print(f"Exact match: base {100 * base.exact_match:.1f}% -> tuned {100 * tuned.exact_match:.1f}%")
+    print(
+        f"Exact match: base {100 * base.exact_match:.1f}% -> tuned {100 * tuned.exact_match:.1f}%"
+    )
 
 
 def _cut(text: str, width: int) -> str:
@@ -197,4 +199,3 @@ def _answer(model, histories: dict[str, list[dict]], text: str, settings) -> Non
         sys.stdout.write("\n")
         sys.stdout.flush()
         history.append({"role": "assistant", "content": answer.strip()})
-

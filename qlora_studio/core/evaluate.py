@@ -284,7 +284,9 @@ class ComparisonModel:
         for row in out[:, width:].tolist():
             stop_at = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
             kept = row if stop_at is None else row[:stop_at]
-            answers.append((tok.decode(kept, skip_special_tokens=True).strip(), stop_at is not None))
+            answers.append(
+                (tok.decode(kept, skip_special_tokens=True).strip(), stop_at is not None)
+            )
         return answers
 
     def stream(
@@ -413,9 +415,7 @@ def held_out_rows(path: str, cfg: RunConfig, limit: int | None = None) -> list[H
                 "evaluation needs rows with a reference answer (chat, alpaca or "
                 "prompt/completion formats); raw text rows have none",
             )
-        rows.append(
-            HeldOutRow(example.row, messages[:last], messages[last]["content"], example)
-        )
+        rows.append(HeldOutRow(example.row, messages[:last], messages[last]["content"], example))
         if limit and len(rows) >= limit:
             break
     if not rows:
@@ -525,9 +525,12 @@ def _scores(rows: list[HeldOutRow], outputs: list[tuple[str, bool]], losses: lis
     return SideScores(
         loss=round(loss, 5) if loss is not None else None,
         perplexity=round(math.exp(min(loss, 50.0)), 4) if loss is not None else None,
-        exact_match=sum(exact_match(o, r.reference) for (o, _), r in zip(outputs, rows)) / n,
+        exact_match=sum(
+            exact_match(o, r.reference) for (o, _), r in zip(outputs, rows, strict=True)
+        )
+        / n,
         similarity=round(
-            sum(similarity(o, r.reference) for (o, _), r in zip(outputs, rows)) / n, 4
+            sum(similarity(o, r.reference) for (o, _), r in zip(outputs, rows, strict=True)) / n, 4
         ),
         stopped=sum(stopped for _, stopped in outputs) / n,
         rows=n,

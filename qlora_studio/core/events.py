@@ -33,6 +33,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "done": {"step": (int,), "run_dir": (str,), "adapter_dir": (str,)},
     "error": {"message": (str,), "hint": (str,)},
     "cancelled": {"step": (int,), "checkpoint": (str,)},
+    "token": {"side": (str,), "text": (str,)},  # a streamed piece of a generated answer
 }
 _OPTIONAL_NUMBERS = {
     "metrics": ("loss", "eval_loss", "lr", "grad_norm", "epoch"),

@@ -363,6 +363,8 @@ class _SignalReporter:
             self._worker.status.emit(str(event.get("message", "")))
         elif kind == "progress":
             self._worker.progress.emit(dict(event))
+        else:
+            self._worker.event.emit(dict(event))
 
 
 class FunctionWorker(QObject):
@@ -373,6 +375,7 @@ class FunctionWorker(QObject):
     started = Signal()
     status = Signal(str)
     progress = Signal(object)  # dict: progress events the function reports
+    event = Signal(object)  # dict: any other event (e.g. streamed answer tokens)
     succeeded = Signal(object)  # fn's return value
     failed = Signal(str, str)  # message, hint
     cancelled = Signal()

@@ -74,7 +74,7 @@ def test_evaluation_scores_both_models_and_saves_the_report(tiny_models, tmp_pat
     base, tuned = report.scores["base"], report.scores["tuned"]
     # the run trained on these rows: its completion loss must be below the untouched base's
     assert tuned.loss < base.loss
-    assert tuned.perplexity == pytest.approx(2.718281828 ** tuned.loss, rel=1e-3)
+    assert tuned.perplexity == pytest.approx(2.718281828**tuned.loss, rel=1e-3)
     for row in report.rows:
         assert set(row.outputs) == {"base", "tuned"}
         assert row.reference and row.prompt.startswith("Convert to ISO date")
@@ -129,7 +129,7 @@ def test_sampling_is_seeded_and_generation_stops_at_a_stop_token(comparison):
     assert first == again
 
     greedy = GenerationSettings(max_new_tokens=6)
-    (answer, stopped), = comparison.generate([PROMPT], "tuned", greedy)
+    ((answer, stopped),) = comparison.generate([PROMPT], "tuned", greedy)
     assert not stopped and answer
     first_token = comparison.tokenizer(answer, add_special_tokens=False)["input_ids"][0]
     saved = comparison.stop_ids
@@ -183,7 +183,9 @@ def test_chat_command_answers_with_both_models(lora_run):
     args = [sys.executable, "-m", "qlora_studio", "chat", str(run_dir), "--device", "cpu"]
     one = subprocess.run(
         [*args, "--base", "--prompt", "Convert to ISO date: 1 May 2020", "--max-new-tokens", "6"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert one.returncode == 0, one.stderr[-2000:]
     lines = one.stdout.splitlines()
@@ -193,7 +195,9 @@ def test_chat_command_answers_with_both_models(lora_run):
     talk = subprocess.run(
         [*args, "--max-new-tokens", "4"],
         input="hello\n/reset\nConvert to ISO date: 2 May 2020\n",
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert talk.returncode == 0, talk.stderr[-2000:]
     assert talk.stdout.count("tuned> ") == 2 and "/reset starts over" in talk.stderr
