@@ -125,6 +125,7 @@ def test_runs_page_lists_filters_overlays_opens_exports_compares_and_deletes(
     page.compare_button.click()
     assert window.stack.currentIndex() == window.pages.index(window.page("Compare"))
     assert window.state.run_dir == (root / "good").resolve()
+    assert window.page("Compare").run_edit.text() == str((root / "good").resolve())
 
     window.go_to("Runs")
     page.select_ids([failed])

@@ -321,9 +321,12 @@ class RunsPage(Page):
     def compare_selected(self) -> None:
         record = self._single()
         window = self.window()
-        if record is None or not hasattr(window, "go_to"):
+        if record is None or not hasattr(window, "page"):
             return
         self.state.run_dir = Path(record.run_dir)
+        run_edit = getattr(window.page("Compare"), "run_edit", None)
+        if run_edit is not None:  # the page may already show another run
+            run_edit.setText(record.run_dir)
         window.go_to("Compare")
 
     def delete_selected(self) -> None:
