@@ -409,6 +409,8 @@ class FineTuneRecipe:
 
     # ---- helpers --------------------------------------------------------------------------
     def _summary(self, result: TrainResult) -> dict[str, Any]:
+        from qlora_studio.core.templates import stop_tokens
+
         stats = self.prepared.stats
         return {
             "status": result.status,
@@ -424,6 +426,7 @@ class FineTuneRecipe:
             "template": self.prepared.template,
             "chat_template": self.prepared.chat_template,
             "eos_token": self.tokenizer.eos_token,
+            "stop_tokens": stop_tokens(self.tokenizer),
             "dataset": self.cfg.data.path,
             "format": stats.format,
             "train_rows": stats.train_rows,
