@@ -24,6 +24,13 @@ def _fail(message: str, hint: str = "") -> int:
     return EXIT_FAILED
 
 
+def _launcher() -> list[str]:
+    """How to run this CLI in a child process; a frozen (PyInstaller) app is its own CLI."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    return [sys.executable, "-m", "qlora_studio"]
+
+
 def _load_config(path: str | None, source: str):
     from qlora_studio.config import RunConfig
     from qlora_studio.resources import resources_dir
@@ -191,7 +198,7 @@ def _probe_child(cfg, method: str, settings) -> dict[str, Any]:
         path = cfg.save(Path(tmp) / "probe.yaml")
         print(f"• probing {method}: two training steps on the longest batch...", file=sys.stderr)
         result = subprocess.run(
-            [sys.executable, "-m", "qlora_studio", "probe", str(path), "--json"],
+            [*_launcher(), "probe", str(path), "--json"],
             capture_output=True,
             text=True,
         )

@@ -16,16 +16,21 @@ QLabel.error { color: #b00020; }
 
 def run_app(config: str | None = None, argv: list[str] | None = None) -> int:
     """Open the main window (on ``config`` when given, else the last or the demo run)."""
+    from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication, QMessageBox
 
     from qlora_studio.config import ConfigError, RunConfig
     from qlora_studio.gui.main_window import MainWindow
     from qlora_studio.gui.state import StudioState
+    from qlora_studio.resources import resources_dir
 
     app = QApplication.instance() or QApplication(argv or sys.argv[:1])
     app.setApplicationName("QLoRA Studio")
     app.setOrganizationName("QLoRA Studio")
     app.setStyleSheet(STYLE)
+    icon = resources_dir() / "icons" / "qlora-studio.png"
+    if icon.exists():
+        app.setWindowIcon(QIcon(str(icon)))
     cfg, problem = None, ""
     if config:
         try:
