@@ -21,7 +21,7 @@ def add_parsers(sub) -> None:
     ev.add_argument("--data", help="held-out file (default: the run's data.eval_path)")
     ev.add_argument("--limit", type=int, help="evaluate only the first N rows")
     ev.add_argument("--max-new-tokens", type=int, help="default: twice the longest reference + 8")
-    ev.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
+    ev.add_argument("--batch-size", type=int, default=16, help="rows per forward pass")
     ev.add_argument("--device", default="auto", help="auto, cuda or cpu")
     ev.add_argument("--rows", type=int, default=10, help="rows of the table to print")
     ev.add_argument("--json", action="store_true", help="print the whole report as JSON")

@@ -440,7 +440,7 @@ def evaluate_run(
     data: str | None = None,
     limit: int | None = None,
     settings: GenerationSettings | None = None,
-    batch_size: int = 8,
+    batch_size: int = 16,
     device: str = "auto",
     model: ComparisonModel | None = None,
     reporter: Reporter | None = None,
@@ -546,21 +546,9 @@ def _last_user_text(conversation: list[dict]) -> str:
 
 
 def _run_parts(run_dir: Path) -> tuple[RunConfig, Path]:
-    from qlora_studio.core.training import ADAPTER, CONFIG_FILE, FULL_MODEL
+    from qlora_studio.core.training import trained_output
 
-    if not (run_dir / CONFIG_FILE).exists():
-        raise EvaluationError(
-            f"{run_dir} is not a run folder (no {CONFIG_FILE})",
-            "pass the folder that `qlora-studio train` printed as 'Run folder'",
-        )
-    cfg = RunConfig.load(run_dir / CONFIG_FILE)
-    output = run_dir / (FULL_MODEL if cfg.method == "full" else ADAPTER)
-    if not output.is_dir():
-        raise EvaluationError(
-            f"{run_dir} has no trained {'model' if cfg.method == 'full' else 'adapter'} yet",
-            "finish or stop the run first; a stopped run saves its adapter so far",
-        )
-    return cfg, output
+    return trained_output(run_dir, EvaluationError)
 
 
 def _base_model_dir(run_dir: Path, cfg: RunConfig, reporter: Reporter) -> Path:
@@ -609,21 +597,18 @@ def _load_causal_lm(folder: Path, cfg: RunConfig, device: str, *, quantize: bool
     import torch
     from transformers import AutoModelForCausalLM
 
-    from qlora_studio.core.training import _torch_dtype, compute_dtype_name
+    from qlora_studio.core.training import (
+        _torch_dtype,
+        compute_dtype_name,
+        quantization_config,
+    )
 
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
     if device == "cuda":
         compute = _torch_dtype(compute_dtype_name(cfg.quant.compute_dtype, device))
         kwargs["dtype"] = compute
         if quantize:
-            from transformers import BitsAndBytesConfig
-
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type=cfg.quant.quant_type,
-                bnb_4bit_use_double_quant=cfg.quant.double_quant,
-                bnb_4bit_compute_dtype=compute,
-            )
+            kwargs["quantization_config"] = quantization_config(cfg.quant, compute)
             kwargs["device_map"] = {"": device}
     else:
         kwargs["dtype"] = torch.float32

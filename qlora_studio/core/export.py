@@ -196,22 +196,11 @@ def export_run(
 ) -> Path:
     """Export a finished or stopped run: a copy of its adapter (or full model), or with
     ``merge`` the base model with the adapter merged in, in 16-bit, on the CPU."""
-    from qlora_studio.core.training import ADAPTER, CONFIG_FILE, FULL_MODEL
+    from qlora_studio.core.training import trained_output
 
     reporter = reporter or NullReporter()
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).exists():
-        raise ExportError(
-            f"{run_dir} is not a run folder (no {CONFIG_FILE})",
-            "pass the folder that `qlora-studio train` printed as 'Run folder'",
-        )
-    cfg = RunConfig.load(run_dir / CONFIG_FILE)
-    source = run_dir / (FULL_MODEL if cfg.method == "full" else ADAPTER)
-    if not source.is_dir():
-        raise ExportError(
-            f"{run_dir} has no trained {'model' if cfg.method == 'full' else 'adapter'} yet",
-            "finish or stop the run first (`qlora-studio resume` continues a crashed run)",
-        )
+    cfg, source = trained_output(run_dir, ExportError)
     if merge and cfg.method == "full":
         merge = False  # a full fine-tune is already a whole model
     default_name = "merged" if merge else source.name

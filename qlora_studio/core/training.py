@@ -105,6 +105,41 @@ def make_run_dir(cfg: RunConfig) -> Path:
     return run_dir
 
 
+def trained_output(
+    run_dir: Path, error: type[StudioError] = TrainingError
+) -> tuple[RunConfig, Path]:
+    """A run folder's config and its trained adapter (or full model) folder; raises ``error``
+    with a hint when ``run_dir`` is not a run folder or has nothing trained yet."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).exists():
+        raise error(
+            f"{run_dir} is not a run folder (no {CONFIG_FILE})",
+            "pass the folder that `qlora-studio train` printed as 'Run folder'",
+        )
+    cfg = RunConfig.load(run_dir / CONFIG_FILE)
+    output = run_dir / (FULL_MODEL if cfg.method == "full" else ADAPTER)
+    if not output.is_dir():
+        raise error(
+            f"{run_dir} has no trained {'model' if cfg.method == 'full' else 'adapter'} yet",
+            "finish or stop the run first: a stopped run saves what it learned so far "
+            "(`qlora-studio resume` continues a crashed run)",
+        )
+    return cfg, output
+
+
+def quantization_config(quant, compute_dtype):
+    """transformers' BitsAndBytesConfig for a QLoRA base: 4-bit NF4/FP4, double quant, compute
+    dtype, from the config's ``quant`` section."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.quant_type,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
 def last_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint folder with the highest step in ``run_dir/checkpoints``, or None."""
     folder = Path(run_dir) / CHECKPOINTS
@@ -306,14 +341,7 @@ class FineTuneRecipe:
         compute = compute_dtype_name(cfg.quant.compute_dtype, self.device)
         kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
         if method == "qlora":
-            from transformers import BitsAndBytesConfig
-
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type=cfg.quant.quant_type,
-                bnb_4bit_use_double_quant=cfg.quant.double_quant,
-                bnb_4bit_compute_dtype=_torch_dtype(compute),
-            )
+            kwargs["quantization_config"] = quantization_config(cfg.quant, _torch_dtype(compute))
             kwargs["dtype"] = _torch_dtype(compute)
             kwargs["device_map"] = {"": self.device}
         elif method == "lora":
