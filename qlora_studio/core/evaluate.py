@@ -146,12 +146,13 @@ class EvalReport:
             created=data.get("created", ""),
         )
 
-    def save(self, run_dir: Path) -> Path:
-        """Write the report to ``run_dir/evaluation/<data stem>.json`` (atomically)."""
+    def save(self, run_dir: Path, limit: int | None = None) -> Path:
+        """Write the report to ``run_dir/evaluation/<data stem>.json`` (atomically); a run on
+        the first ``limit`` rows goes to ``<stem>.first<limit>.json``, beside the full one."""
         folder = Path(run_dir) / EVAL_FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(self.data).stem) or "heldout"
-        path = folder / f"{stem}.json"
+        path = folder / (f"{stem}.first{limit}.json" if limit else f"{stem}.json")
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, path)
@@ -513,7 +514,7 @@ def evaluate_run(
         if owned:
             model.close()
     if save:
-        path = report.save(run_dir)
+        path = report.save(run_dir, limit)
         _say(reporter, f"Saved the evaluation to {path}")
     return report
 

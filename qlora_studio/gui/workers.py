@@ -31,6 +31,7 @@ from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
 from qlora_studio.core.errors import Cancelled, StudioError
 from qlora_studio.core.events import parse_event_line
+from qlora_studio.core.lazy_imports import import_ml_stack
 
 _logger = logging.getLogger(__name__)
 
@@ -381,9 +382,10 @@ class FunctionWorker(QObject):
     cancelled = Signal()
     finished = Signal()  # always last; teardown only
 
-    def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any):
+    def __init__(self, fn: Callable[..., Any], *args: Any, needs_ml: bool = True, **kwargs: Any):
         super().__init__()
         self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.needs_ml = needs_ml  # import torch/transformers/peft first, under a lock
         self.cancel_event = threading.Event()
 
     @Slot()
@@ -392,6 +394,8 @@ class FunctionWorker(QObject):
             self.started.emit()
             if self.cancel_event.is_set():
                 raise Cancelled("Cancelled before it started")
+            if self.needs_ml:
+                import_ml_stack()  # one thread at a time through transformers' first import
             result = self.fn(_SignalReporter(self), self.cancel_event, *self.args, **self.kwargs)
         except Exception as exc:
             # a function interrupted half-way may fail in its own way: the stop still wins

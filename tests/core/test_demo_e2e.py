@@ -59,7 +59,7 @@ def test_demo_config_learns_the_task_and_the_tuned_model_stops_at_eos(repo_root,
     assert tuned["loss"] < base["loss"]
     # stop tokens: the tuned answers end at <end_of_turn>/EOS, not at max_new_tokens
     assert tuned["stopped"] >= 0.95, f"the tuned model rambles: {tuned}"
-    assert (run_dir / "evaluation" / "dates-heldout.json").exists()
+    assert (run_dir / "evaluation" / "dates-heldout.first50.json").exists()
 
     # the exported adapter records its template and stop tokens and works with plain peft
     exported = _cli("export", str(run_dir), cwd=repo_root, timeout=300)

@@ -82,7 +82,7 @@ def test_evaluation_scores_both_models_and_saves_the_report(tiny_models, tmp_pat
     progress = reporter.of_type("progress")
     assert progress and progress[-1]["step"] == progress[-1]["total"]
 
-    saved = run_dir / "evaluation" / "data.json"
+    saved = run_dir / "evaluation" / "data.first8.json"
     assert saved.exists()
     (loaded,) = load_reports(run_dir)
     assert loaded.scores["tuned"].loss == tuned.loss

@@ -98,7 +98,7 @@ def test_held_out_evaluation_fills_the_table_and_is_saved(qtbot, tmp_path, tuned
     assert view.scores.item(0, 0) is not None  # exact match, base
     assert "Exact match" in view.headline.text()
     assert page.is_complete()
-    assert (tuned_run / "evaluation" / "data.json").exists()
+    assert (tuned_run / "evaluation" / "data.first4.json").exists()
 
     # a fresh page shows the saved evaluation without running anything
     again = make_page(qtbot, tmp_path, tuned_run)

@@ -87,7 +87,7 @@ class EvaluationView(QWidget):
             for side in ("base", "tuned"):
                 cells.append(("✓ " if row.exact[side] else "✗ ") + row.outputs[side])
             for j, text in enumerate(cells):
-                item = QTableWidgetItem(text)
+                item = QTableWidgetItem(" ".join(text.split()))  # rambling answers: one paragraph
                 item.setToolTip(text)
                 if j >= 3:
                     side = ROW_COLUMNS[j]

@@ -186,7 +186,7 @@ class MemoryPage(Page):
             page.apply_config(self.state.cfg)
         self.verify_button.setEnabled(False)
         self.probe_bar.show()
-        worker = FunctionWorker(_probe, self.state.cfg.to_dict())
+        worker = FunctionWorker(_probe, self.state.cfg.to_dict(), needs_ml=False)  # a child
         worker.succeeded.connect(self._on_probe)
         worker.failed.connect(self._on_probe_failed)
         worker.finished.connect(self._probe_finished)
