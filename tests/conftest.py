@@ -34,6 +34,19 @@ def repo_root() -> Path:
     return REPO
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_user_data(tmp_path_factory):
+    """Module- and session-scoped fixtures run before the per-test isolation below: keep their
+    runs out of the user's own run history too."""
+    saved = os.environ.get("QLORA_STUDIO_DATA")
+    os.environ["QLORA_STUDIO_DATA"] = str(tmp_path_factory.getbasetemp() / "user_data")
+    yield
+    if saved is None:
+        os.environ.pop("QLORA_STUDIO_DATA", None)
+    else:
+        os.environ["QLORA_STUDIO_DATA"] = saved
+
+
 @pytest.fixture(autouse=True)
 def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     """Keep the user's data dir out of tests; share one model cache so the demo converts once."""
