@@ -24,8 +24,10 @@ sys.path.insert(0, str(REPO))
 
 from qlora_studio.config import RunConfig  # noqa: E402
 
-WORDS = ("date march april convert format year month day the of to and a in on with for "
-         "meeting posted calendar shared please confirm moved team admin").split()
+WORDS = (
+    "date march april convert format year month day the of to and a in on with for "
+    "meeting posted calendar shared please confirm moved team admin"
+).split()
 
 
 def text_rows(path: Path, n_rows: int, words_per_row: int) -> Path:
@@ -57,7 +59,9 @@ def cell_config(model: str, method: str, seq: int, batch: int, data: Path, out: 
 def probe_in_child(cfg_path: Path) -> dict:
     result = subprocess.run(
         [sys.executable, "-m", "qlora_studio", "probe", str(cfg_path), "--json"],
-        capture_output=True, text=True, timeout=3600,
+        capture_output=True,
+        text=True,
+        timeout=3600,
     )
     if result.returncode != 0:
         tail = result.stderr.strip().splitlines()[-3:]
@@ -73,8 +77,10 @@ def main() -> int:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[2])
     args = parser.parse_args()
 
-    header = (f"{'model':<16} {'method':<6} {'batch':>5} {'seq':>5} {'estimate':>10} "
-              f"{'measured':>10} {'error':>8}  dominant term")
+    header = (
+        f"{'model':<16} {'method':<6} {'batch':>5} {'seq':>5} {'estimate':>10} "
+        f"{'measured':>10} {'error':>8}  dominant term"
+    )
     print(header)
     print("-" * len(header), flush=True)
     errors = []
@@ -90,18 +96,26 @@ def main() -> int:
                         row = probe_in_child(path)
                         name = Path(model).name[:16]
                         if "error" in row:
-                            print(f"{name:<16} {method:<6} {batch:>5} {seq:>5}  failed: "
-                                  f"{row['error']}", flush=True)
+                            print(
+                                f"{name:<16} {method:<6} {batch:>5} {seq:>5}  failed: "
+                                f"{row['error']}",
+                                flush=True,
+                            )
                             continue
                         est, meas = row["estimate_bytes"], row["peak_bytes"]
                         err = 100 * (est - meas) / meas
                         errors.append(abs(err))
-                        print(f"{name:<16} {method:<6} {batch:>5} {row['seq_len']:>5} "
-                              f"{est / 2**30:>8.2f}GB {meas / 2**30:>8.2f}GB {err:>+7.1f}%  "
-                              f"{row['dominant']}", flush=True)
+                        print(
+                            f"{name:<16} {method:<6} {batch:>5} {row['seq_len']:>5} "
+                            f"{est / 2**30:>8.2f}GB {meas / 2**30:>8.2f}GB {err:>+7.1f}%  "
+                            f"{row['dominant']}",
+                            flush=True,
+                        )
     if errors:
-        print(f"\nmean |error| {sum(errors) / len(errors):.1f}%, worst {max(errors):.1f}% "
-              f"over {len(errors)} runs")
+        print(
+            f"\nmean |error| {sum(errors) / len(errors):.1f}%, worst {max(errors):.1f}% "
+            f"over {len(errors)} runs"
+        )
     return 0
 
 

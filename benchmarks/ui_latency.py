@@ -26,11 +26,16 @@ sys.path.insert(0, str(REPO / "tests"))
 
 
 def launch_seconds(tmp: Path) -> float:
-    env = {**os.environ, "QLORA_STUDIO_EXIT_AFTER_MS": "300", "QLORA_STUDIO_PRINT_SHOWN": "1",
-           "XDG_CONFIG_HOME": str(tmp)}
+    env = {
+        **os.environ,
+        "QLORA_STUDIO_EXIT_AFTER_MS": "300",
+        "QLORA_STUDIO_PRINT_SHOWN": "1",
+        "XDG_CONFIG_HOME": str(tmp),
+    }
     started = time.time()
-    result = subprocess.run([sys.executable, "-m", "qlora_studio"], capture_output=True,
-                            text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "qlora_studio"], capture_output=True, text=True, env=env, timeout=120
+    )
     for line in result.stdout.splitlines():
         if line.startswith("window-shown "):
             return float(line.split()[1]) - started
@@ -90,8 +95,13 @@ def timer_lateness(tmp: Path, demo: bool, steps: int) -> dict:
         time.sleep(0.001)
     ticker.stop()
     window.close()
-    return {"ticks": len(late), "progress_events": state["events"],
-            "p50": percentile(late, 0.5), "p99": percentile(late, 0.99), "max": max(late)}
+    return {
+        "ticks": len(late),
+        "progress_events": state["events"],
+        "p50": percentile(late, 0.5),
+        "p99": percentile(late, 0.99),
+        "max": max(late),
+    }
 
 
 def main() -> int:
@@ -103,13 +113,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         shown = [launch_seconds(tmp) for _ in range(3)]
-        print(f"launch to window shown: {min(shown):.2f} s best, {max(shown):.2f} s worst "
-              f"of 3 (goal < 3 s)", flush=True)
+        print(
+            f"launch to window shown: {min(shown):.2f} s best, {max(shown):.2f} s worst "
+            f"of 3 (goal < 3 s)",
+            flush=True,
+        )
         figures = timer_lateness(tmp, args.demo, steps)
-    print(f"10 ms timer lateness during a {'demo' if args.demo else 'tiny-model'} run "
-          f"({figures['progress_events']} progress events, {figures['ticks']} ticks): "
-          f"p50 {figures['p50']:.1f} ms, p99 {figures['p99']:.1f} ms, max {figures['max']:.1f} ms"
-          " (goal p99 < 50 ms)")
+    print(
+        f"10 ms timer lateness during a {'demo' if args.demo else 'tiny-model'} run "
+        f"({figures['progress_events']} progress events, {figures['ticks']} ticks): "
+        f"p50 {figures['p50']:.1f} ms, p99 {figures['p99']:.1f} ms, max {figures['max']:.1f} ms"
+        " (goal p99 < 50 ms)"
+    )
     return 0
 
 

@@ -1,4 +1,4 @@
-""""Verify fit": two real training steps on the longest batch the run will see, measured.
+""" "Verify fit": two real training steps on the longest batch the run will see, measured.
 
 On CUDA the measured peak is torch's peak reserved memory plus what the CUDA context and other
 non-torch allocations of this process hold (NVML used minus torch reserved, taken before the
@@ -93,8 +93,12 @@ def run_probe(cfg: RunConfig, *, steps: int = 2, reporter: Reporter | None = Non
         batch = longest_rows(recipe.prepared.train, cfg.train.batch_size)
         recipe.prepared.train = batch * steps  # exactly `steps` batches, each the longest
         seq_len = max(len(r["input_ids"]) for r in batch)
-        reporter.emit(make_event("status", message=f"Probe: {steps} steps at batch "
-                                 f"{cfg.train.batch_size} x {seq_len} tokens"))
+        reporter.emit(
+            make_event(
+                "status",
+                message=f"Probe: {steps} steps at batch {cfg.train.batch_size} x {seq_len} tokens",
+            )
+        )
         cuda = _cuda_baseline() if recipe.device == "cuda" else None
         load_peak = rss.mark()
         try:
@@ -105,8 +109,11 @@ def run_probe(cfg: RunConfig, *, steps: int = 2, reporter: Reporter | None = Non
     if cuda is None:
         # the whole run's peak (loading included), and the training steps' own
         peak = max(int(rss.peak), int(load_peak))
-        detail = {"peak_rss_bytes": peak, "load_peak_rss_bytes": int(load_peak),
-                  "steps_peak_rss_bytes": int(rss.peak)}
+        detail = {
+            "peak_rss_bytes": peak,
+            "load_peak_rss_bytes": int(load_peak),
+            "steps_peak_rss_bytes": int(rss.peak),
+        }
     else:
         peak = detail["peak_reserved_bytes"] + detail["non_torch_bytes"]
     return ProbeResult(

@@ -40,8 +40,16 @@ def _pages(state: StudioState) -> list:
     from qlora_studio.gui.pages.settings_page import SettingsPage
     from qlora_studio.gui.pages.train_page import TrainPage
 
-    classes = [ModelPage, DatasetPage, SettingsPage, MemoryPage, TrainPage, ComparePage,
-               ExportPage, RunsPage]
+    classes = [
+        ModelPage,
+        DatasetPage,
+        SettingsPage,
+        MemoryPage,
+        TrainPage,
+        ComparePage,
+        ExportPage,
+        RunsPage,
+    ]
     return [cls(state) for cls in classes]
 
 

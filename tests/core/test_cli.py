@@ -140,8 +140,12 @@ def test_inspect_model_and_data(tiny_models, tmp_path):
 
 
 def test_no_command_opens_the_window(tmp_path):
-    env = {**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen",
-           "QLORA_STUDIO_EXIT_AFTER_MS": "1500", "XDG_CONFIG_HOME": str(tmp_path)}
+    env = {
+        **__import__("os").environ,
+        "QT_QPA_PLATFORM": "offscreen",
+        "QLORA_STUDIO_EXIT_AFTER_MS": "1500",
+        "XDG_CONFIG_HOME": str(tmp_path),
+    }
     result = run_cli(timeout=120, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr

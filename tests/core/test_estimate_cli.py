@@ -27,7 +27,9 @@ LLAMA_8B = {
 def estimate(*args, timeout=300):
     return subprocess.run(
         [sys.executable, "-m", "qlora_studio", "estimate", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -40,19 +42,28 @@ def llama_8b_config_only(tmp_path):
 
 
 def test_8b_from_config_json_alone_orders_full_lora_qlora(llama_8b_config_only):
-    result = estimate(llama_8b_config_only, "--gpu", "RTX 4090", "--batch-size", "4",
-                      "--seq-len", "512", "--json")
+    result = estimate(
+        llama_8b_config_only, "--gpu", "RTX 4090", "--batch-size", "4", "--seq-len", "512", "--json"
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     totals = {m: e["estimate"]["total_bytes"] for m, e in report["methods"].items()}
     assert totals["full"] > totals["lora"] > totals["qlora"]
     for method, entry in report["methods"].items():
         names = [t["name"] for t in entry["estimate"]["terms"]]
-        assert {"weights", "gradients", "optimizer states", "activations", "logits and loss",
-                "CUDA context", "allocator slack"} <= set(names), method
+        assert {
+            "weights",
+            "gradients",
+            "optimizer states",
+            "activations",
+            "logits and loss",
+            "CUDA context",
+            "allocator slack",
+        } <= set(names), method
         assert all(t["bytes"] >= 0 and t["detail"] for t in entry["estimate"]["terms"])
-    assert "quantization constants" in [t["name"] for t in
-                                        report["methods"]["qlora"]["estimate"]["terms"]]
+    assert "quantization constants" in [
+        t["name"] for t in report["methods"]["qlora"]["estimate"]["terms"]
+    ]
     verdicts = {m: e["verdict"]["status"] for m, e in report["methods"].items()}
     assert verdicts["full"] == "does not fit" and verdicts["qlora"] in ("fits", "tight")
     assert report["methods"]["full"]["verdict"]["advice"]
@@ -62,8 +73,16 @@ def test_readable_table_shows_terms_gpu_and_verdict(llama_8b_config_only):
     result = estimate(llama_8b_config_only, "--gpu", "24GB")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    for text in ("Full fine-tuning", "LoRA", "QLoRA", "quantization constants", "total",
-                 "verdict: DOES NOT FIT", "24.00 GB total", "largest batch that fits"):
+    for text in (
+        "Full fine-tuning",
+        "LoRA",
+        "QLoRA",
+        "quantization constants",
+        "total",
+        "verdict: DOES NOT FIT",
+        "24.00 GB total",
+        "largest batch that fits",
+    ):
         assert text in out, text
 
 
@@ -83,8 +102,18 @@ def test_unknown_gpu_name_is_a_clear_error(llama_8b_config_only):
 
 @pytest.mark.slow
 def test_demo_qlora_estimate_within_25_percent_of_the_cpu_probe(repo_root):
-    result = estimate("demo", "--config", repo_root / "resources/configs/demo-qlora.yaml",
-                      "--method", "qlora", "--gpu", "cpu", "--probe", "--json", timeout=900)
+    result = estimate(
+        "demo",
+        "--config",
+        repo_root / "resources/configs/demo-qlora.yaml",
+        "--method",
+        "qlora",
+        "--gpu",
+        "cpu",
+        "--probe",
+        "--json",
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     probe = json.loads(result.stdout)["probe"]
     assert probe["device"] == "cpu" and probe["steps"] == 2

@@ -38,8 +38,10 @@ class ExportPage(Page):
         run_row.addWidget(browse)
         form.addRow("Run folder", run_row)
         self.merge_box = QCheckBox("Also merge the adapter into the base (16-bit, on the CPU)")
-        self.merge_box.setToolTip("A standalone model for tools that do not load adapters; "
-                                  "needs about 2 bytes per parameter of RAM")
+        self.merge_box.setToolTip(
+            "A standalone model for tools that do not load adapters; "
+            "needs about 2 bytes per parameter of RAM"
+        )
         form.addRow("", self.merge_box)
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("default: <run folder>/exports/adapter (or merged)")
@@ -132,5 +134,6 @@ class ExportPage(Page):
 def _export(reporter, cancel, run_dir: str, out: str | None, merge: bool) -> str:
     from qlora_studio.core.export import export_run
 
-    return str(export_run(Path(run_dir), out=Path(out) if out else None, merge=merge,
-                          reporter=reporter))
+    return str(
+        export_run(Path(run_dir), out=Path(out) if out else None, merge=merge, reporter=reporter)
+    )

@@ -19,8 +19,21 @@ from qlora_studio.gui.pages.base import Page
 GIB = 2**30
 METHODS = ("full", "lora", "qlora")
 NAMES = {"full": "Full", "lora": "LoRA", "qlora": "QLoRA"}
-COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
-           "#ff9da7", "#9c755f", "#bab0ac", "#1f77b4", "#8c564b", "#17becf"]
+COLOURS = [
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+    "#1f77b4",
+    "#8c564b",
+    "#17becf",
+]
 STATUS_COLOUR = {"fits": "#1b7f3b", "tight": "#b8860b", "does not fit": "#b00020"}
 
 
@@ -38,13 +51,15 @@ class MemoryPage(Page):
         row.addWidget(QLabel("Judge against:"))
         self.gpu_combo = QComboBox()
         self.gpu_combo.setEditable(True)
-        self.gpu_combo.setToolTip("A detected GPU (NVML), a card from the catalogue, or a size "
-                                  "such as 24GB")
+        self.gpu_combo.setToolTip(
+            "A detected GPU (NVML), a card from the catalogue, or a size such as 24GB"
+        )
         self.gpu_combo.setMinimumWidth(280)
         row.addWidget(self.gpu_combo, 1)
         self.verify_button = QPushButton("Verify fit (2 real steps)")
-        self.verify_button.setToolTip("Runs two training steps on the longest batch and measures "
-                                      "the peak memory")
+        self.verify_button.setToolTip(
+            "Runs two training steps on the longest batch and measures the peak memory"
+        )
         self.verify_button.clicked.connect(self.verify)
         row.addWidget(self.verify_button)
         self.layout_.addLayout(row)
@@ -114,12 +129,15 @@ class MemoryPage(Page):
             self.gpu_line.setText(f"<span style='color:#b00020'>{exc.message}</span> {exc.hint}")
             return
         detected = "" if list_gpus() else " — no NVIDIA GPU found on this computer (NVML)"
-        self.gpu_line.setText(f"<b>{gpu.name}</b>: {gpu.total_bytes / GIB:.1f} GB total, "
-                              f"{gpu.free_bytes / GIB:.1f} GB free ({gpu.source}){detected}")
+        self.gpu_line.setText(
+            f"<b>{gpu.name}</b>: {gpu.total_bytes / GIB:.1f} GB total, "
+            f"{gpu.free_bytes / GIB:.1f} GB free ({gpu.source}){detected}"
+        )
         settings = Settings.from_config(self.state.cfg, device="cuda")
         self.estimates = {m: estimate_memory(info, settings, m) for m in METHODS}
-        self.verdicts = {m: judge(e, info, settings, gpu.free_bytes)
-                         for m, e in self.estimates.items()}
+        self.verdicts = {
+            m: judge(e, info, settings, gpu.free_bytes) for m, e in self.estimates.items()
+        }
         self._draw(gpu)
         self._describe(settings)
         self.changed.emit()
@@ -137,29 +155,46 @@ class MemoryPage(Page):
             for method in METHODS:
                 term = self.estimates[method].term(name)
                 heights.append(term.bytes / GIB if term else 0.0)
-            bars = pg.BarGraphItem(x=list(range(len(METHODS))), height=heights, width=0.6,
-                                   y0=bottoms, brush=COLOURS[i % len(COLOURS)], name=name)
+            bars = pg.BarGraphItem(
+                x=list(range(len(METHODS))),
+                height=heights,
+                width=0.6,
+                y0=bottoms,
+                brush=COLOURS[i % len(COLOURS)],
+                name=name,
+            )
             self.plot.addItem(bars)
             bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
         lines = [(gpu.total_bytes / GIB, "total", pg.QtCore.Qt.PenStyle.DashLine)]
         if gpu.free_bytes < gpu.total_bytes:
             lines.append((gpu.free_bytes / GIB, "free", pg.QtCore.Qt.PenStyle.DotLine))
         for y, label, style in lines:
-            line = pg.InfiniteLine(pos=y, angle=0, pen=pg.mkPen("#333", width=2, style=style),
-                                   label=f"{gpu.name} {label} {y:.1f} GB",
-                                   labelOpts={"position": 0.12, "color": "#333",
-                                              "anchors": [(0, 1), (0, 1)]})
+            line = pg.InfiniteLine(
+                pos=y,
+                angle=0,
+                pen=pg.mkPen("#333", width=2, style=style),
+                label=f"{gpu.name} {label} {y:.1f} GB",
+                labelOpts={"position": 0.12, "color": "#333", "anchors": [(0, 1), (0, 1)]},
+            )
             self.plot.addItem(line)
         axis = self.plot.getAxis("bottom")
-        axis.setTicks([[(i, f"{NAMES[m]}: {self.estimates[m].total_bytes / GIB:.1f} GB")
-                        for i, m in enumerate(METHODS)]])
+        axis.setTicks(
+            [
+                [
+                    (i, f"{NAMES[m]}: {self.estimates[m].total_bytes / GIB:.1f} GB")
+                    for i, m in enumerate(METHODS)
+                ]
+            ]
+        )
         self.plot.setXRange(-0.5, len(METHODS) + 1.2, padding=0)  # room for the legend
         self.plot.setYRange(0, max(max(bottoms), gpu.total_bytes / GIB) * 1.1)
 
     def _describe(self, settings) -> None:
-        parts = [f"<p>batch {settings.batch_size} × {settings.seq_len} tokens, compute "
-                 f"{settings.compute_dtype}, optimizer {settings.optimizer}, gradient "
-                 f"checkpointing {'on' if settings.gradient_checkpointing else 'off'}</p>"]
+        parts = [
+            f"<p>batch {settings.batch_size} × {settings.seq_len} tokens, compute "
+            f"{settings.compute_dtype}, optimizer {settings.optimizer}, gradient "
+            f"checkpointing {'on' if settings.gradient_checkpointing else 'off'}</p>"
+        ]
         for method in METHODS:
             estimate, verdict = self.estimates[method], self.verdicts[method]
             colour = STATUS_COLOUR[verdict.status]
@@ -172,8 +207,11 @@ class MemoryPage(Page):
             )
             if verdict.advice:
                 parts.append("<ul>" + "".join(f"<li>{a}</li>" for a in verdict.advice) + "</ul>")
-            rows = "".join(f"<tr><td>{t.name}</td><td align='right'>{t.bytes / GIB:.2f} GB</td>"
-                           f"<td>{t.detail}</td></tr>" for t in estimate.terms)
+            rows = "".join(
+                f"<tr><td>{t.name}</td><td align='right'>{t.bytes / GIB:.2f} GB</td>"
+                f"<td>{t.detail}</td></tr>"
+                for t in estimate.terms
+            )
             parts.append(f"<table cellspacing='4'>{rows}</table>")
         self.details.setHtml("".join(parts))
 

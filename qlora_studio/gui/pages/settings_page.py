@@ -48,17 +48,25 @@ MEMORY_NOTES = {
     "compute_dtype": "bf16 halves activation memory against fp32.",
 }
 PRESETS = {
-    "Fastest": {"lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
-                "train": {"gradient_checkpointing": False, "optimizer": "paged_adamw_8bit"}},
-    "Balanced": {"lora": {"r": 16, "alpha": 32, "target_modules": "all-linear"},
-                 "train": {"gradient_checkpointing": True, "optimizer": "paged_adamw_8bit"}},
-    "Best quality": {"lora": {"r": 64, "alpha": 128, "target_modules": "all-linear",
-                              "dropout": 0.05},
-                     "train": {"gradient_checkpointing": True, "optimizer": "paged_adamw_32bit",
-                               "lr": 1e-4}},
+    "Fastest": {
+        "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+        "train": {"gradient_checkpointing": False, "optimizer": "paged_adamw_8bit"},
+    },
+    "Balanced": {
+        "lora": {"r": 16, "alpha": 32, "target_modules": "all-linear"},
+        "train": {"gradient_checkpointing": True, "optimizer": "paged_adamw_8bit"},
+    },
+    "Best quality": {
+        "lora": {"r": 64, "alpha": 128, "target_modules": "all-linear", "dropout": 0.05},
+        "train": {"gradient_checkpointing": True, "optimizer": "paged_adamw_32bit", "lr": 1e-4},
+    },
 }
-SECTIONS = (("lora", "LoRA adapter"), ("quant", "4-bit quantization (QLoRA)"),
-            ("train", "Training"), ("output", "Output"))
+SECTIONS = (
+    ("lora", "LoRA adapter"),
+    ("quant", "4-bit quantization (QLoRA)"),
+    ("train", "Training"),
+    ("output", "Output"),
+)
 
 
 def _tooltip(section: str, name: str) -> str:
@@ -189,7 +197,7 @@ class SettingsPage(Page):
         self._loading = True
         try:
             self.method_buttons[cfg.method].setChecked(True)
-            for (section, name) in self.editors:
+            for section, name in self.editors:
                 self._write(section, name, getattr(getattr(cfg, section), name))
             self.groups["quant"].setEnabled(cfg.method == "qlora")
             self.groups["lora"].setEnabled(cfg.method != "full")
@@ -198,7 +206,7 @@ class SettingsPage(Page):
 
     def apply_config(self, cfg) -> None:
         cfg.method = self.current_method()
-        for (section, name) in self.editors:
+        for section, name in self.editors:
             setattr(getattr(cfg, section), name, self._read(section, name))
 
     def current_method(self) -> str:

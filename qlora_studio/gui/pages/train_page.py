@@ -260,8 +260,10 @@ class TrainPage(Page):
         checkpoint = event.get("checkpoint") or ""
         if checkpoint:
             self.run_dir = Path(checkpoint).parent.parent
-        self.numbers.setText(f"Stopped at step {event['step']}. Checkpoint: {checkpoint or 'none'}"
-                             " — Resume continues from there.")
+        self.numbers.setText(
+            f"Stopped at step {event['step']}. Checkpoint: {checkpoint or 'none'}"
+            " — Resume continues from there."
+        )
 
     def _end_thread(self) -> None:
         from qlora_studio.gui.workers import end_thread
