@@ -52,8 +52,9 @@ def _fail(message: str, hint: str = "") -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from qlora_studio.core.comparison import GenerationSettings
     from qlora_studio.core.errors import Cancelled, StudioError
-    from qlora_studio.core.evaluate import GenerationSettings, evaluate_run
+    from qlora_studio.core.evaluate import evaluate_run
     from qlora_studio.core.events import JsonLinesReporter, TextReporter
 
     reporter = JsonLinesReporter(sys.stdout) if args.events == "jsonl" else TextReporter(sys.stderr)
@@ -99,13 +100,13 @@ def print_report(report, rows: int = 10) -> None:
     print()
     print(f"  {'':<22}{'base':>12}{'tuned':>12}{'change':>12}")
     lines = [
-        ("loss (completions)", base.loss, tuned.loss, ".4f", 1),
-        ("perplexity", base.perplexity, tuned.perplexity, ".2f", 1),
-        ("exact match %", 100 * base.exact_match, 100 * tuned.exact_match, ".1f", 1),
-        ("similarity %", 100 * base.similarity, 100 * tuned.similarity, ".1f", 1),
-        ("stopped at EOS %", 100 * base.stopped, 100 * tuned.stopped, ".1f", 1),
+        ("loss (completions)", base.loss, tuned.loss, ".4f"),
+        ("perplexity", base.perplexity, tuned.perplexity, ".2f"),
+        ("exact match %", 100 * base.exact_match, 100 * tuned.exact_match, ".1f"),
+        ("similarity %", 100 * base.similarity, 100 * tuned.similarity, ".1f"),
+        ("stopped at EOS %", 100 * base.stopped, 100 * tuned.stopped, ".1f"),
     ]
-    for name, b, t, fmt, _ in lines:
+    for name, b, t, fmt in lines:
         change = "-" if b is None or t is None else format(t - b, "+" + fmt)
         print(f"  {name:<22}{num(b, fmt):>12}{num(t, fmt):>12}{change:>12}")
     print()
@@ -135,8 +136,8 @@ def _cut(text: str, width: int) -> str:
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    from qlora_studio.core.comparison import ComparisonModel, GenerationSettings
     from qlora_studio.core.errors import StudioError
-    from qlora_studio.core.evaluate import ComparisonModel, GenerationSettings
     from qlora_studio.core.events import TextReporter
 
     settings = GenerationSettings(

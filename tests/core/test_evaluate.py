@@ -12,12 +12,10 @@ import pytest
 from test_training import make_config
 
 from qlora_studio.cli import main
+from qlora_studio.core.comparison import ComparisonModel, EvaluationError, GenerationSettings
 from qlora_studio.core.errors import DatasetError
 from qlora_studio.core.evaluate import (
-    ComparisonModel,
     EvalReport,
-    EvaluationError,
-    GenerationSettings,
     evaluate_run,
     exact_match,
     load_reports,

@@ -259,7 +259,7 @@ class ComparePage(Page):
             self._pending_prompt = text
             self.load()
             return
-        from qlora_studio.core.evaluate import GenerationSettings
+        from qlora_studio.core.comparison import GenerationSettings
 
         settings = GenerationSettings(
             max_new_tokens=self.max_tokens.value(),
@@ -457,7 +457,7 @@ def _eval_path_of(run_dir: Path) -> str:
 
 # ---- the jobs (run in a worker thread; plain data and the session cross back) -----------------
 def _load(reporter, cancel, run_dir: Path):
-    from qlora_studio.core.evaluate import ComparisonModel
+    from qlora_studio.core.comparison import ComparisonModel
 
     return ComparisonModel.load(run_dir, reporter=reporter)
 
