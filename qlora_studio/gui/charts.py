@@ -23,6 +23,37 @@ MIN_HEIGHT = 180
 BACKGROUND = "w"
 AXIS_COLOUR = "#555555"
 GRID_ALPHA = 0.15
+PALETTE = (  # Tableau 10
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+)
+
+
+def styled_plot(x_label: str, y_label: str, *, si_prefix: bool = False) -> pg.PlotWidget:
+    """A plot in the app's chart style: white, light grid, grey labelled axes, peak
+    downsampling and clipping to the view (cheap redraws of long curves)."""
+    widget = pg.PlotWidget(background=BACKGROUND)
+    item: pg.PlotItem = widget.getPlotItem()
+    # Without auto=True, mode="peak" alone leaves downsampling off (ds stays 1).
+    item.setDownsampling(auto=True, mode="peak")
+    item.setClipToView(True)
+    item.showGrid(x=True, y=True, alpha=GRID_ALPHA)
+    item.layout.setContentsMargins(2, 2, 6, 2)
+    for side, text in (("bottom", x_label), ("left", y_label)):
+        axis = item.getAxis(side)
+        axis.setPen(AXIS_COLOUR)
+        axis.setTextPen(AXIS_COLOUR)
+        item.setLabel(side, text, color=AXIS_COLOUR)
+        axis.enableAutoSIPrefix(si_prefix)  # off: "0.55 GB", not "550 (x0.001) GB"
+    return widget
 
 
 class GrowingSeries:
@@ -118,19 +149,8 @@ class _LiveChart(QWidget):
         self.redraw_count = 0
         self._dirty: set[str] = set()
 
-        self.plot_widget = pg.PlotWidget(background=BACKGROUND)
+        self.plot_widget = styled_plot(x_label, y_label)
         self.plot_item: pg.PlotItem = self.plot_widget.getPlotItem()
-        # Without auto=True, mode="peak" alone leaves downsampling off (ds stays 1).
-        self.plot_item.setDownsampling(auto=True, mode="peak")
-        self.plot_item.setClipToView(True)
-        self.plot_item.showGrid(x=True, y=True, alpha=GRID_ALPHA)
-        self.plot_item.layout.setContentsMargins(2, 2, 6, 2)
-        for side, text in (("bottom", x_label), ("left", y_label)):
-            axis = self.plot_item.getAxis(side)
-            axis.setPen(AXIS_COLOUR)
-            axis.setTextPen(AXIS_COLOUR)
-            self.plot_item.setLabel(side, text, color=AXIS_COLOUR)
-            axis.enableAutoSIPrefix(False)  # "0.55 GB", not "550 (x0.001) GB"
         self.legend: pg.LegendItem = self.plot_item.addLegend(
             offset=legend_offset,
             labelTextColor="#333333",

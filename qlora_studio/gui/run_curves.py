@@ -12,21 +12,9 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
-from qlora_studio.gui.charts import AXIS_COLOUR, BACKGROUND, GRID_ALPHA, MIN_HEIGHT
+from qlora_studio.gui.charts import MIN_HEIGHT, PALETTE, styled_plot
 
-# Tableau 10: the palette of the other charts; one colour per run, in selection order
-RUN_COLOURS = (
-    "#4e79a7",
-    "#f28e2b",
-    "#e15759",
-    "#76b7b2",
-    "#59a14f",
-    "#edc948",
-    "#b07aa1",
-    "#ff9da7",
-    "#9c755f",
-    "#bab0ac",
-)
+RUN_COLOURS = PALETTE  # one colour per run, in selection order
 
 
 class RunLossChart(QWidget):
@@ -36,17 +24,8 @@ class RunLossChart(QWidget):
         super().__init__(parent)
         self.setMinimumHeight(MIN_HEIGHT)
         self.curves: dict[str, pg.PlotDataItem] = {}
-        self.plot_widget = pg.PlotWidget(background=BACKGROUND)
+        self.plot_widget = styled_plot("step", "loss", si_prefix=True)
         self.plot_item: pg.PlotItem = self.plot_widget.getPlotItem()
-        self.plot_item.setDownsampling(auto=True, mode="peak")
-        self.plot_item.setClipToView(True)
-        self.plot_item.showGrid(x=True, y=True, alpha=GRID_ALPHA)
-        self.plot_item.layout.setContentsMargins(2, 2, 6, 2)
-        for side, text in (("bottom", "step"), ("left", "loss")):
-            axis = self.plot_item.getAxis(side)
-            axis.setPen(AXIS_COLOUR)
-            axis.setTextPen(AXIS_COLOUR)
-            self.plot_item.setLabel(side, text, color=AXIS_COLOUR)
         self.plot_item.setLimits(xMin=0, yMin=0)
         self.legend: pg.LegendItem = self.plot_item.addLegend(
             offset=(8, -8),  # bottom left: loss curves start high and fall to the right

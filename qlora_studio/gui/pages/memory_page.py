@@ -14,26 +14,13 @@ from PySide6.QtWidgets import (
     QTextBrowser,
 )
 
+from qlora_studio.gui.charts import PALETTE
 from qlora_studio.gui.pages.base import Page
 
 GIB = 2**30
 METHODS = ("full", "lora", "qlora")
 NAMES = {"full": "Full", "lora": "LoRA", "qlora": "QLoRA"}
-COLOURS = [
-    "#4e79a7",
-    "#f28e2b",
-    "#e15759",
-    "#76b7b2",
-    "#59a14f",
-    "#edc948",
-    "#b07aa1",
-    "#ff9da7",
-    "#9c755f",
-    "#bab0ac",
-    "#1f77b4",
-    "#8c564b",
-    "#17becf",
-]
+COLOURS = [*PALETTE, "#1f77b4", "#8c564b", "#17becf"]
 STATUS_COLOUR = {"fits": "#1b7f3b", "tight": "#b8860b", "does not fit": "#b00020"}
 
 
