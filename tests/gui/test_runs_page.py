@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -17,11 +16,11 @@ import yaml  # noqa: E402
 from PySide6.QtGui import QDesktopServices  # noqa: E402
 from PySide6.QtWidgets import QMessageBox  # noqa: E402
 from test_main_window import make_window, tiny_config  # noqa: E402
+from test_runs import make_run_folder  # noqa: E402
 
 from qlora_studio.config import RunConfig  # noqa: E402
-from qlora_studio.core.events import make_event  # noqa: E402
 from qlora_studio.core.runs import RunHistory  # noqa: E402
-from qlora_studio.core.training import CONFIG_FILE, EVENTS_FILE  # noqa: E402
+from qlora_studio.core.training import CONFIG_FILE  # noqa: E402
 
 YES, NO = QMessageBox.StandardButton.Yes, QMessageBox.StandardButton.No
 
@@ -49,14 +48,9 @@ def answers(monkeypatch):
 
 def recorded_run(history, root: Path, name: str, status: str, losses, *, output=False) -> int:
     """A run folder (config.yaml, events.jsonl) and its history row, as a finished run leaves."""
-    folder = root / name
-    folder.mkdir(parents=True)
+    folder = make_run_folder(root, name, losses)
     cfg = RunConfig()
-    cfg.output.name = name
-    cfg.save(folder / CONFIG_FILE)
-    with (folder / EVENTS_FILE).open("w") as f:
-        for step, loss in losses:
-            f.write(json.dumps(make_event("metrics", step=step, loss=loss)) + "\n")
+    cfg.output.name = name  # the config make_run_folder saved
     if output:
         (folder / "adapter").mkdir()
     run_id = history.start_run(folder, cfg.to_yaml(), method="lora", model_source="tiny")
