@@ -7,21 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from tiny_models import LLAMA3_8B_CONFIG
 
-LLAMA_8B = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 128256,
-    "max_position_embeddings": 131072,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-}
+# Llama 3.1 8B: the 3.0 config with the 128k context
+LLAMA_8B = {**LLAMA3_8B_CONFIG, "max_position_embeddings": 131072}
 
 
 def estimate(*args, timeout=300):

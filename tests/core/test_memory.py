@@ -10,28 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import LLAMA3_8B_CONFIG
 
 from qlora_studio.config import RunConfig
 from qlora_studio.core import fit, memory
 from qlora_studio.core.memory import GB, MB, Settings
 from qlora_studio.core.models import inspect_model, is_demo_available
 
-# Llama 3 8B as published (config only: inspection needs no weights).
-LLAMA3_8B_CONFIG = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 128256,
-    "max_position_embeddings": 8192,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 500000.0,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-}
 H, FF, L, V, KV = 4096, 14336, 32, 128256, 1024  # KV: 8 kv heads x head_dim 128
 # Per layer: q, o are 4096x4096; k, v 4096x1024; gate, up, down 4096x14336.
 LINEAR_8B = L * (2 * H * H + 2 * H * KV + 3 * H * FF)  # 6,979,321,856 quantizable weights

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_models import LLAMA3_8B_CONFIG
 
 from qlora_studio.core import models
 from qlora_studio.core.errors import ModelSourceError
@@ -26,24 +27,8 @@ EXPECTED_CLASS = {
     "gpt2": ("GPT2LMHeadModel", "gpt2", True),
 }
 
-# Llama 3 8B as published (config only: inspection needs no weights).
-LLAMA3_8B_CONFIG = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 128256,
-    "max_position_embeddings": 8192,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 500000.0,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-    "bos_token_id": 128000,
-    "eos_token_id": 128001,
-}
+# with its tokenizer's special ids, as the hub's config.json has them
+LLAMA3_8B_WITH_IDS = {**LLAMA3_8B_CONFIG, "bos_token_id": 128000, "eos_token_id": 128001}
 
 
 def _copy_without_weights(src: Path, dst: Path) -> Path:
@@ -164,7 +149,7 @@ def test_gemma3_qk_norms_count_as_norms(tiny_models):
 def test_llama3_8b_from_config_only(tmp_path):
     folder = tmp_path / "llama-3-8b"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(LLAMA3_8B_CONFIG))
+    (folder / "config.json").write_text(json.dumps(LLAMA3_8B_WITH_IDS))
     started = time.monotonic()
     info = models.inspect_model(str(folder))
     elapsed = time.monotonic() - started
