@@ -372,6 +372,15 @@ def _reporter(mode: str):
     return JsonLinesReporter(sys.stdout) if mode == "jsonl" else TextReporter(sys.stderr)
 
 
+def print_failure(message: str, hint: str = "") -> int:
+    """Print '✗ message' and '  hint: ...' on stderr, as a text run shows an error event, and
+    return the failure exit code (for the commands that report no events)."""
+    print(f"✗ {message}", file=sys.stderr)
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def _fail(reporter, message: str, hint: str = "") -> int:
     from qlora_studio.core.events import make_event
 

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 130
+from qlora_studio.cli import EXIT_CANCELLED, EXIT_OK, print_failure
 
 
 def add_parsers(sub) -> None:
@@ -41,13 +41,6 @@ def add_parsers(sub) -> None:
     chat.add_argument("--device", default="auto", help="auto, cuda or cpu")
 
 
-def _fail(message: str, hint: str = "") -> int:
-    print(f"✗ {message}", file=sys.stderr)
-    if hint:
-        print(f"  hint: {hint}", file=sys.stderr)
-    return EXIT_FAILED
-
-
 # ---------------------------------------------------------------- eval
 
 
@@ -74,12 +67,12 @@ def run_eval(args: argparse.Namespace) -> int:
             cancel=cancel,
         )
     except Cancelled as exc:
-        _fail(exc.message, exc.hint)
+        print_failure(exc.message, exc.hint)
         return EXIT_CANCELLED
     except StudioError as exc:
-        return _fail(exc.message, exc.hint)
+        return print_failure(exc.message, exc.hint)
     except KeyboardInterrupt:
-        _fail("Evaluation interrupted", "nothing was saved")
+        print_failure("Evaluation interrupted", "nothing was saved")
         return EXIT_CANCELLED
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
@@ -152,7 +145,7 @@ def run_chat(args: argparse.Namespace) -> int:
             Path(args.run_dir), device=args.device, reporter=TextReporter(sys.stderr)
         )
     except StudioError as exc:
-        return _fail(exc.message, exc.hint)
+        return print_failure(exc.message, exc.hint)
     sides = ("base", "tuned") if args.base else ("tuned",)
     system = [{"role": "system", "content": args.system}] if args.system else []
     histories: dict[str, list[dict]] = {side: list(system) for side in sides}

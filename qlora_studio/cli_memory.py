@@ -9,19 +9,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED = 0, 1
+from qlora_studio.cli import EXIT_OK, print_failure
+
 _NAMES = {"full": "Full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
 
 
 def _gb(n: float) -> str:
     return f"{n / 2**30:.2f} GB"
-
-
-def _fail(message: str, hint: str = "") -> int:
-    print(f"✗ {message}", file=sys.stderr)
-    if hint:
-        print(f"  hint: {hint}", file=sys.stderr)
-    return EXIT_FAILED
 
 
 def _launcher() -> list[str]:
@@ -103,9 +97,9 @@ def run_estimate(args) -> int:
         info = inspect_model(args.source)
         device, gpu, available, gpu_line = _target(args.gpu)
     except ConfigError as exc:
-        return _fail(f"config error: {exc.field}: {exc.message}", exc.hint)
+        return print_failure(f"config error: {exc.field}: {exc.message}", exc.hint)
     except StudioError as exc:
-        return _fail(exc.message, exc.hint)
+        return print_failure(exc.message, exc.hint)
     settings = Settings.from_config(cfg, device=device)
     if args.batch_size:
         settings.batch_size = args.batch_size
@@ -225,9 +219,9 @@ def run_probe_command(args) -> int:
             trust_remote_code=cfg.model.trust_remote_code,
         )
     except ConfigError as exc:
-        return _fail(f"config error: {exc.field}: {exc.message}", exc.hint)
+        return print_failure(f"config error: {exc.field}: {exc.message}", exc.hint)
     except StudioError as exc:
-        return _fail(exc.message, exc.hint)
+        return print_failure(exc.message, exc.hint)
     settings = Settings.from_config(cfg, device=result.device)
     settings.seq_len = result.seq_len
     estimate = estimate_memory(info, settings, cfg.method)

@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
+from qlora_studio.cli import EXIT_OK, print_failure
 from qlora_studio.core.runs import STATUSES
 
-EXIT_OK, EXIT_FAILED = 0, 1
 TABLE = ("id", "name", "status", "method", "steps", "best loss", "peak memory", "started", "folder")
 
 
@@ -37,7 +37,7 @@ def run_runs_command(args: argparse.Namespace) -> int:
                 return _delete(history, args.id, args.yes)
             return _list(history, args.status, args.json)
     except RunHistoryError as exc:
-        return _fail(exc.message, exc.hint)
+        return print_failure(exc.message, exc.hint)
 
 
 def _list(history, status: str | None, as_json: bool) -> int:
@@ -76,7 +76,7 @@ def _show(history, run_id: int, as_json: bool) -> int:
 
     record = history.get(run_id)
     if record is None:
-        return _fail(f"There is no run {run_id}", "`qlora-studio runs` lists them")
+        return print_failure(f"There is no run {run_id}", "`qlora-studio runs` lists them")
     curve = history.loss_curve(run_id)
     if as_json:
         print(json.dumps({**record.to_dict(), "loss_curve": curve}, indent=2))
@@ -111,10 +111,10 @@ def _show(history, run_id: int, as_json: bool) -> int:
 def _delete(history, run_id: int, yes: bool) -> int:
     record = history.get(run_id)
     if record is None:
-        return _fail(f"There is no run {run_id}", "`qlora-studio runs` lists them")
+        return print_failure(f"There is no run {run_id}", "`qlora-studio runs` lists them")
     if not yes:
         if sys.stdin is None or not sys.stdin.isatty():
-            return _fail(
+            return print_failure(
                 f"Not deleting run {run_id} without a confirmation",
                 f"run `qlora-studio runs delete {run_id} --yes` to delete it and its folder",
             )
@@ -126,10 +126,3 @@ def _delete(history, run_id: int, yes: bool) -> int:
     folder = history.delete(run_id)
     print(f"Deleted run {run_id} and {folder}")
     return EXIT_OK
-
-
-def _fail(message: str, hint: str = "") -> int:
-    print(f"✗ {message}", file=sys.stderr)
-    if hint:
-        print(f"  hint: {hint}", file=sys.stderr)
-    return EXIT_FAILED
