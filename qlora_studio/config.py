@@ -23,6 +23,8 @@ QUANT_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+LOSS_IMPLS = ("auto", "chunked", "liger", "full_logits")
+FULL_RECIPES = ("lean", "mixed")
 
 
 class ConfigError(ValueError):
@@ -180,6 +182,22 @@ class TrainConfig:
     save_steps: int = _help(50, "checkpoint every N steps (a stopped run resumes from the last)")
     save_total_limit: int = _help(2, "checkpoints kept on disk")
     device: str = _help("auto", "'auto' (cuda if present), 'cuda' or 'cpu'")
+    loss_impl: str = _help(
+        "auto",
+        "how the loss is computed: chunked = the lm_head runs a chunk of trained tokens at a time "
+        "(no batch x seq x vocab logits); liger = liger-kernel's fused linear cross-entropy "
+        "(CUDA); auto = liger when installed on CUDA, else chunked; full_logits = the whole "
+        "batch's logits at once (more memory, for comparison)",
+    )
+    loss_chunk_tokens: int = _help(
+        1024, "trained tokens per lm_head chunk (chunked loss); the logits memory grows with it"
+    )
+    full_recipe: str = _help(
+        "lean",
+        "full fine-tuning on a GPU: lean = bf16 weights, paged 8-bit AdamW and the optimizer "
+        "step in backward (no clipping across all parameters, no grad accumulation); mixed = "
+        "fp32 master weights with bf16 autocast. The CPU always trains fp32 weights",
+    )
 
     def validate(self) -> None:
         _positive("train", "epochs", self.epochs)
@@ -187,7 +205,14 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"train.{name}", f"{value!r} must be an integer >= 0")
-        for name in ("batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit"):
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "logging_steps",
+            "save_steps",
+            "save_total_limit",
+            "loss_chunk_tokens",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"train.{name}", f"{value!r} must be an integer >= 1")
@@ -195,6 +220,8 @@ class TrainConfig:
         _choice("train", "scheduler", self.scheduler, SCHEDULERS)
         _choice("train", "optimizer", self.optimizer, OPTIMIZERS)
         _choice("train", "device", self.device, ("auto", "cuda", "cpu"))
+        _choice("train", "loss_impl", self.loss_impl, LOSS_IMPLS)
+        _choice("train", "full_recipe", self.full_recipe, FULL_RECIPES)
         if not isinstance(self.warmup_ratio, (int, float)) or not 0 <= self.warmup_ratio < 1:
             raise ConfigError("train.warmup_ratio", f"{self.warmup_ratio!r} must be in [0, 1)")
         _positive("train", "weight_decay", self.weight_decay, allow_zero=True)
