@@ -25,6 +25,7 @@ OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bi
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 LOSS_IMPLS = ("auto", "chunked", "liger", "full_logits")
 FULL_RECIPES = ("lean", "mixed")
+FIT_MODES = ("off", "auto")
 
 
 class ConfigError(ValueError):
@@ -198,6 +199,12 @@ class TrainConfig:
         "step in backward (no clipping across all parameters, no grad accumulation); mixed = "
         "fp32 master weights with bf16 autocast. The CPU always trains fp32 weights",
     )
+    fit: str = _help(
+        "off",
+        "auto = before the model loads, pick gradient checkpointing and a micro-batch with "
+        "gradient accumulation that keep the effective batch (batch_size x grad_accum) and fit "
+        "the GPU, using the memory estimate; off = use the settings as they are",
+    )
 
     def validate(self) -> None:
         _positive("train", "epochs", self.epochs)
@@ -222,6 +229,7 @@ class TrainConfig:
         _choice("train", "device", self.device, ("auto", "cuda", "cpu"))
         _choice("train", "loss_impl", self.loss_impl, LOSS_IMPLS)
         _choice("train", "full_recipe", self.full_recipe, FULL_RECIPES)
+        _choice("train", "fit", self.fit, FIT_MODES)
         if not isinstance(self.warmup_ratio, (int, float)) or not 0 <= self.warmup_ratio < 1:
             raise ConfigError("train.warmup_ratio", f"{self.warmup_ratio!r} must be in [0, 1)")
         _positive("train", "weight_decay", self.weight_decay, allow_zero=True)
