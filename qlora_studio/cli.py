@@ -52,13 +52,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     im = sub.add_parser("inspect-model", help="architecture, parameter counts and LoRA targets")
     im.add_argument("source", help="'demo', a local folder, a .gguf file or a hub id")
-    im.add_argument("--allow-pickle", action="store_true", help="accept .bin/.pt weights")
-    im.add_argument("--trust-remote-code", action="store_true", help="run the model's own code")
+    _model_safety_args(im)
     im.add_argument("--json", action="store_true", help="print JSON")
 
     idata = sub.add_parser("inspect-data", help="format, rows, token lengths and a rendered sample")
     idata.add_argument("path", help="a data file, folder or hub dataset id")
     idata.add_argument("--model", help="tokenize with this model's tokenizer (for lengths/preview)")
+    _model_safety_args(idata)
     idata.add_argument("--format", default="auto", help="force a format (alpaca, sharegpt, ...)")
     idata.add_argument(
         "--column",
@@ -86,6 +86,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "source", help="'demo', a local folder (config.json is enough), .gguf or hub id"
     )
     est.add_argument("--config", help="take batch size, sequence length, rank... from a run config")
+    _model_safety_args(est)
     est.add_argument("--method", default="all", choices=["full", "lora", "qlora", "all"])
     est.add_argument("--batch-size", type=int, help="examples per step")
     est.add_argument("--seq-len", type=int, help="tokens per example (the longest batch)")
@@ -117,6 +118,17 @@ def _build_parser() -> argparse.ArgumentParser:
     gui = sub.add_parser("gui", help="open the desktop app")
     gui.add_argument("--config", help="open on a saved run config")
     return parser
+
+
+def _model_safety_args(parser: argparse.ArgumentParser) -> None:
+    """The same two safety flags on every command that reads a model given on the command line
+    (a run config carries them as model.allow_pickle / model.trust_remote_code)."""
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="accept .bin/.pt weights (they can run code)"
+    )
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="run the model's own Python code"
+    )
 
 
 def _events_arg(parser: argparse.ArgumentParser) -> None:
@@ -153,25 +165,47 @@ def _cmd_train(args) -> int:
 
     reporter = _reporter(args.events)
     try:
-        cfg = RunConfig.load(args.config).with_overrides(args.overrides)
+        cfg = RunConfig.load(args.config)
     except ConfigError as exc:
-        return _fail(
-            reporter, f"Config error in {args.config}: {exc.field}: {exc.message}", exc.hint
-        )
+        return _fail(reporter, config_error_message(exc, args.config), exc.hint)
+    try:
+        cfg = cfg.with_overrides(args.overrides)
+    except ConfigError as exc:
+        return _fail(reporter, config_error_message(exc, args.config, args.overrides), exc.hint)
     return _run(lambda cancel: _train(cfg, reporter, cancel), reporter)
 
 
 def _cmd_resume(args) -> int:
+    from qlora_studio.config import ConfigError
+
     reporter = _reporter(args.events)
 
     def work(cancel):
-        from qlora_studio.core.training import resume_training
+        from qlora_studio.core.errors import TrainingError
+        from qlora_studio.core.training import CONFIG_FILE, resume_training
 
-        return resume_training(
-            Path(args.run_dir), reporter=reporter, cancel=cancel, overrides=args.overrides
-        )
+        try:
+            return resume_training(
+                Path(args.run_dir), reporter=reporter, cancel=cancel, overrides=args.overrides
+            )
+        except ConfigError as exc:
+            source = str(Path(args.run_dir) / CONFIG_FILE)
+            message = config_error_message(exc, source, args.overrides)
+            raise TrainingError(message, exc.hint) from exc
 
     return _run(work, reporter)
+
+
+def config_error_message(exc, source: str, overrides: list[str] = ()) -> str:
+    """'Config error in FILE: field: message', or 'in --set K=V' when an override is at fault."""
+    named = [item for item in overrides if item.partition("=")[0].strip() == exc.field]
+    if named:
+        where = f"--set {named[-1]}"
+    elif overrides:
+        where = f"{source} with --set " + " ".join(overrides)
+    else:
+        where = source
+    return f"Config error in {where}: {exc.field}: {exc.message}"
 
 
 def _train(cfg, reporter, cancel):
@@ -261,8 +295,13 @@ def _cmd_inspect_data(args) -> int:
         if args.model:
             from qlora_studio.core.models import load_tokenizer, resolve_model
 
-            folder = resolve_model(args.model, reporter=reporter)
-            tokenizer = load_tokenizer(folder)
+            folder = resolve_model(
+                args.model,
+                allow_pickle=args.allow_pickle,
+                trust_remote_code=args.trust_remote_code,
+                reporter=reporter,
+            )
+            tokenizer = load_tokenizer(folder, trust_remote_code=args.trust_remote_code)
             model_type = json.loads((folder / "config.json").read_text()).get("model_type", "")
         report = inspect_data(
             args.path,
@@ -294,6 +333,8 @@ def _cmd_inspect_data(args) -> int:
             f"({100 * stats['trained_share']:.1f}%)"
         )
         _print_histogram(stats["histogram"], stats["max_length"])
+        for warning in report.get("warnings", []):
+            print(f"  ! warning: {warning}")
         preview = report.get("preview")
         if preview:
             print(f"  row {preview['row']} as trained ([[...]] = tokens with loss):")

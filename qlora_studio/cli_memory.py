@@ -94,7 +94,11 @@ def run_estimate(args) -> int:
 
     try:
         cfg = _load_config(args.config, args.source)
-        info = inspect_model(args.source)
+        info = inspect_model(
+            args.source,
+            allow_pickle=getattr(args, "allow_pickle", False),
+            trust_remote_code=getattr(args, "trust_remote_code", False),
+        )
         device, gpu, available, gpu_line = _target(args.gpu)
     except ConfigError as exc:
         return print_failure(f"config error: {exc.field}: {exc.message}", exc.hint)

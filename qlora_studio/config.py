@@ -244,8 +244,40 @@ class OutputConfig:
     def validate(self) -> None:
         if not isinstance(self.dir, str) or not self.dir.strip():
             raise ConfigError("output.dir", "is empty", "e.g. runs")
-        if "/" in self.name or "\\" in self.name:
-            raise ConfigError("output.name", f"{self.name!r} must be a plain folder name")
+        if not isinstance(self.name, str):
+            raise ConfigError("output.name", f"{self.name!r} must be text")
+        if self.name:
+            check_run_name(self.name)
+
+
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {
+    f"{p}{i}" for p in ("COM", "LPT") for i in "123456789"
+}
+
+
+def check_run_name(name: str) -> None:
+    """Raise ConfigError unless ``name`` is a plain folder name that stays inside output.dir on
+    every system: no separators, no '.'/'..', not hidden, no control or Windows-reserved
+    characters or names, at most 100 characters."""
+    problem = ""
+    if not name or name != name.strip():
+        problem = "must not be empty or start or end with a space"
+    elif name.startswith("."):
+        problem = "must not start with '.' (that names a hidden or parent folder)"
+    elif any(c in name for c in '/\\:*?"<>|') or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        problem = 'must not contain / \\ : * ? " < > | or control characters'
+    elif name.endswith("."):
+        problem = "must not end with '.'"
+    elif name.split(".")[0].upper() in _WINDOWS_RESERVED:
+        problem = "is a reserved device name on Windows"
+    elif len(name) > 100:
+        problem = "must be at most 100 characters"
+    if problem:
+        raise ConfigError(
+            "output.name",
+            f"{name!r} {problem}",
+            "use a plain folder name such as my-run-1 (letters, digits, - _ .)",
+        )
 
 
 @dataclass

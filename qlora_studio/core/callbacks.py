@@ -47,7 +47,7 @@ def make_event_callback(reporter: Reporter, cancel: threading.Event, device: str
                     step=state.global_step,
                     total=state.max_steps,
                     epoch=float(state.epoch or 0.0),
-                    eta_s=round(per_step * (state.max_steps - state.global_step), 1),
+                    eta_s=round(per_step * max(state.max_steps - state.global_step, 0), 1),
                     tokens_per_s=round((tokens - tokens0) / elapsed, 1),
                     tokens_seen=int(tokens),
                 )

@@ -125,6 +125,16 @@ def _choose_format(table: RawTable, fmt: str, mapping: dict[str, str]) -> tuple[
     order = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
     expected = "; ".join(f"{f}: {EXPECTED_COLUMNS[f]}" for f in FORMATS)
     found = ", ".join(table.columns) or "none"
+    missing = {ours: yours for ours, yours in mapping.items() if yours not in table.columns}
+    if missing:
+        ours, yours = next(iter(missing.items()))
+        raise DatasetError(
+            f"{table.label}: the column mapping {ours}={yours} names a column {yours!r} that is "
+            f"not in the file; columns found: {found}",
+            f"map {ours} to one of the columns found, e.g. {ours}={table.columns[0]}"
+            if table.columns
+            else "check the file: it has no columns",
+        )
     if fmt not in ("auto", "", None):
         fields = _fields_for(fmt, table.columns, mapping, forced=True)
         if fields is None:
@@ -568,5 +578,21 @@ def inspect_data(
     preview = preview_example(
         loaded.examples[0], tokenizer, max_length=max_length, train_on=train_on
     )
-    info.update(template=template, stats=stats.to_dict(), preview=preview.to_dict())
+    warnings = []
+    if stats.trained_tokens == 0:  # the same condition makes prepare_dataset refuse to train
+        warnings.append(
+            f"no row has a token to learn within max_length {max_length} (longest row: "
+            f"{stats.max_length_seen} tokens): training would refuse this data; raise "
+            "max_length, shorten the prompts, or train on all tokens"
+        )
+    else:
+        unlearnable = sum(1 for r in rows if not any(label != -100 for label in r["labels"]))
+        if unlearnable:
+            warnings.append(
+                f"{unlearnable} of {len(rows)} rows lose their whole answer to truncation at "
+                f"max_length {max_length} and will be skipped in training"
+            )
+    info.update(
+        template=template, stats=stats.to_dict(), preview=preview.to_dict(), warnings=warnings
+    )
     return info

@@ -19,6 +19,7 @@ from typing import Any
 from qlora_studio.config import RunConfig
 from qlora_studio.core.errors import ExportError
 from qlora_studio.core.events import NullReporter, Reporter, make_event
+from qlora_studio.core.run_folder import follow_umask, sweep_stale_temp_folders, temp_folder_suffix
 
 MODEL_CARD = "README.md"
 
@@ -38,7 +39,11 @@ def atomic_folder(dest: Path, *, replace: bool = False) -> Iterator[Path]:
         )
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        sweep_stale_temp_folders(dest.parent)  # what killed exports left behind
+        tmp = Path(
+            tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=temp_folder_suffix(), dir=dest.parent)
+        )
+        follow_umask(tmp)  # mkdtemp makes it 0700; the export is as readable as any new folder
     except OSError as exc:
         raise _disk_error(exc, dest) from exc
     try:

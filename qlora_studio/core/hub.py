@@ -46,7 +46,8 @@ def download_from_hub(
             if not allow_pickle:
                 raise ModelSourceError(
                     f"{repo_id} has only pickle weights (.bin), which can run code when loaded",
-                    hint="pick a safetensors copy, or if you trust it set model.allow_pickle: true",
+                    hint="pick a safetensors copy, or if you trust it pass --allow-pickle (or set "
+                    "model.allow_pickle: true in the run config)",
                 )
             patterns += _HUB_PICKLES
         wanted = [i for i in listing if any(fnmatch.fnmatch(i.filename, p) for p in patterns)]

@@ -27,6 +27,7 @@ from typing import Any
 
 from qlora_studio.core.errors import ModelSourceError
 from qlora_studio.core.events import Reporter, make_event
+from qlora_studio.core.run_folder import follow_umask
 from qlora_studio.resources import user_cache_dir
 
 DEMO = "demo"
@@ -193,13 +194,28 @@ def _check_folder(folder: Path, *, allow_pickle: bool, trust_remote_code: bool) 
     if config.get("auto_map") and not trust_remote_code:
         raise ModelSourceError(
             f"{folder.name} runs its authors' own Python code (auto_map in config.json)",
-            hint="only if you trust its authors: set model.trust_remote_code: true",
+            hint="only if you trust its authors: pass --trust-remote-code, or set "
+            "model.trust_remote_code: true in the run config",
         )
     weights_format = _weights_format(folder)
     if weights_format == "pickle" and not allow_pickle:
         raise ModelSourceError(
             f"{folder.name} has only pickle weights (.bin/.pt), which can run code when loaded",
-            hint="convert them to safetensors, or if you trust them set model.allow_pickle: true",
+            hint="convert them to safetensors, or if you trust them pass --allow-pickle, or set "
+            "model.allow_pickle: true in the run config",
+        )
+    return weights_format
+
+
+def require_weights(folder: Path) -> str:
+    """The folder's weights format; raises :class:`ModelSourceError` when it has no weights
+    (a folder with only config.json is enough to estimate, not to train or load)."""
+    weights_format = _weights_format(Path(folder))
+    if weights_format == "none":
+        raise ModelSourceError(
+            f"{Path(folder).name} has a config.json but no weights (no *.safetensors files)",
+            hint="pick the folder that also holds the model's .safetensors files (a config "
+            "alone is enough for `qlora-studio estimate`, not for training)",
         )
     return weights_format
 
@@ -307,6 +323,7 @@ def _convert_once(
     target.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale_work(target.parent)
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    follow_umask(work)  # mkdtemp makes it 0700; the cached model is as readable as any folder
     started = time.monotonic()
     try:
         gguf_file = make_gguf(work)

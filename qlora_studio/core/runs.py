@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import sqlite3
 import threading
@@ -23,7 +22,12 @@ from typing import Any
 
 from qlora_studio.core.errors import StudioError
 from qlora_studio.core.events import parse_event_line
-from qlora_studio.core.training import CONFIG_FILE, EVENTS_FILE, last_checkpoint
+from qlora_studio.core.run_folder import (
+    EVENTS_FILE,
+    RunFolderError,
+    delete_run_folder,
+    last_checkpoint,
+)
 
 DB_FILE = "runs.sqlite3"
 SCHEMA_VERSION = 1
@@ -381,7 +385,8 @@ class RunHistory:
 
     def delete(self, run_id: int) -> Path:
         """Remove the run's folder and its row, nothing else; return the folder. Refuses a
-        running run and a folder that does not look like a run folder (no config.yaml)."""
+        running run, a folder that is not a run folder we made, and one holding files we did
+        not write (:func:`qlora_studio.core.run_folder.delete_run_folder`)."""
         self.mark_crashed_runs()
         record = self.get(run_id)
         if record is None:
@@ -392,19 +397,11 @@ class RunHistory:
                 "stop it first, then delete it",
             )
         folder = Path(record.run_dir)
-        if folder.exists():
-            if not folder.is_dir() or not (folder / CONFIG_FILE).is_file():
-                raise RunHistoryError(
-                    f"{folder} does not look like a run folder (no {CONFIG_FILE}): not deleted",
-                    "remove the folder by hand if you are sure",
-                )
+        if folder.exists() or folder.is_symlink():
             try:
-                shutil.rmtree(folder)
-            except OSError as exc:
-                raise RunHistoryError(
-                    f"Could not delete {folder}: {exc.strerror or exc}",
-                    "close programs using files in it and try again",
-                ) from exc
+                delete_run_folder(folder)  # only a run folder we made, holding only our files
+            except RunFolderError as exc:
+                raise RunHistoryError(exc.message, exc.hint) from exc
         with self._write() as db:
             db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
         return folder

@@ -12,7 +12,6 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,18 @@ from qlora_studio.core.events import (
     TeeReporter,
     make_event,
 )
-
-CONFIG_FILE = "config.yaml"
-EVENTS_FILE = "events.jsonl"
-SUMMARY_FILE = "run.json"
-CHECKPOINTS = "checkpoints"
-ADAPTER = "adapter"
-FULL_MODEL = "model"
+from qlora_studio.core.run_folder import (  # noqa: F401  (the run folder's layout, re-exported)
+    ADAPTER,
+    CHECKPOINTS,
+    CONFIG_FILE,
+    EVENTS_FILE,
+    FULL_MODEL,
+    SUMMARY_FILE,
+    RunFolderLock,
+    create_run_folder,
+    last_checkpoint,
+    tidy_checkpoints,
+)
 
 OPTIMIZER_NAMES = {  # our names -> transformers' OptimizerNames
     "adamw_torch": "adamw_torch",
@@ -93,16 +97,8 @@ def _torch_dtype(name: str):
 
 
 def make_run_dir(cfg: RunConfig) -> Path:
-    """A new, empty run folder under ``output.dir`` (name or method + timestamp)."""
-    root = Path(cfg.output.dir).expanduser()
-    name = cfg.output.name or f"{cfg.method}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = root / name
-    suffix = 1
-    while run_dir.exists() and any(run_dir.iterdir()):
-        suffix += 1
-        run_dir = root / f"{name}-{suffix}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    """A new, empty run folder strictly inside ``output.dir`` (name or method + timestamp)."""
+    return create_run_folder(cfg.output.dir, cfg.output.name, cfg.method)
 
 
 def trained_output(
@@ -140,19 +136,6 @@ def quantization_config(quant, compute_dtype):
     )
 
 
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint folder with the highest step in ``run_dir/checkpoints``, or None."""
-    folder = Path(run_dir) / CHECKPOINTS
-    if not folder.is_dir():
-        return None
-    found = []
-    for child in folder.iterdir():
-        step = child.name.removeprefix("checkpoint-")
-        if child.is_dir() and step.isdigit() and (child / "trainer_state.json").exists():
-            found.append((int(step), child))
-    return max(found)[1] if found else None
-
-
 class FineTuneRecipe:
     """A fine-tuning run. Use :func:`run_training` unless you need the phases one by one."""
 
@@ -178,13 +161,18 @@ class FineTuneRecipe:
         self.prepared = None
         self.model_dir: Path | None = None
         self.device = "cpu"
+        self._lock: RunFolderLock | None = None  # held from the run folder's start to cleanup
 
     # ---- phases ---------------------------------------------------------------------------
     def setup(self) -> None:
         from qlora_studio.core.data import prepare_dataset
-        from qlora_studio.core.models import load_tokenizer, resolve_model
+        from qlora_studio.core.models import load_tokenizer, require_weights, resolve_model
 
         cfg = self.cfg
+        if self.resume:  # before anything else: a running trainer owns this folder
+            self._lock = RunFolderLock(self.run_dir).acquire()
+            tidy_checkpoints(self.run_dir, cfg.train.save_total_limit)
+            _refuse_finished_run(self.run_dir, cfg)
         self.device = pick_device(cfg.train.device)
         self._status(f"Preparing the model source '{cfg.model.source}'")
         self.model_dir = resolve_model(
@@ -194,6 +182,7 @@ class FineTuneRecipe:
             reporter=self.reporter,
         )
         self._check_cancel()
+        require_weights(self.model_dir)  # before the data is tokenized and a run folder made
         self.tokenizer = load_tokenizer(
             self.model_dir, trust_remote_code=cfg.model.trust_remote_code
         )
@@ -298,12 +287,17 @@ class FineTuneRecipe:
             self._events_file = None
         if self.recorder is not None:
             self.recorder.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ---- builders -------------------------------------------------------------------------
     def _open_run_dir(self) -> None:
         if self.run_dir is None:
             self.run_dir = make_run_dir(self.cfg)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:
+            self._lock = RunFolderLock(self.run_dir).acquire()
         if not self.resume:
             self.cfg.save(self.run_dir / CONFIG_FILE)
         self._events_file = open(self.run_dir / EVENTS_FILE, "a", encoding="utf-8")  # noqa: SIM115
@@ -326,6 +320,12 @@ class FineTuneRecipe:
         )
         recorder.start()
         return recorder
+
+    @property
+    def writes_run_dir(self) -> bool:
+        """Whether this recipe opened its run folder for writing (and holds its lock): a
+        refused resume must not touch the folder another trainer owns or a finished run."""
+        return self._events_file is not None
 
     def record_outcome(self, status: str, error: str | None = None) -> None:
         """Record an outcome the event stream did not carry (an exception)."""
@@ -511,11 +511,13 @@ def run_training(
             )
         return result
     except StudioError as exc:
-        if recipe.run_dir is not None and not isinstance(exc, Cancelled):
+        if recipe.writes_run_dir and not isinstance(exc, Cancelled):
             _write_json(recipe.run_dir / SUMMARY_FILE, {"status": "failed", "error": exc.message})
         recipe.record_outcome("cancelled" if isinstance(exc, Cancelled) else "failed", exc.message)
         raise
     except KeyboardInterrupt:  # a second Ctrl-C: the checkpoints so far are kept
+        if recipe.writes_run_dir:  # ...but not one it cut short while saving
+            tidy_checkpoints(recipe.run_dir, recipe.cfg.train.save_total_limit)
         recipe.record_outcome("cancelled", "interrupted")
         raise
     except Exception as exc:
@@ -544,6 +546,33 @@ def resume_training(
     if overrides:
         cfg = cfg.with_overrides(overrides)
     return run_training(cfg, reporter=reporter, cancel=cancel, run_dir=run_dir, resume=True)
+
+
+def _refuse_finished_run(run_dir: Path, cfg: RunConfig) -> None:
+    """A finished run resumes only to a larger ``train.max_steps``: resuming it as it is would
+    train past its end and change its adapter."""
+    summary, state = {}, {}
+    try:
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    checkpoint = last_checkpoint(run_dir)
+    if checkpoint is not None:
+        try:
+            state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass
+    step = int(state.get("global_step") or 0)
+    planned = int(state.get("max_steps") or 0)
+    finished = summary.get("status") == "done" or (planned > 0 and step >= planned)
+    if summary.get("status") == "done":
+        step = max(step, int(summary.get("step") or 0))
+    wanted = cfg.train.max_steps
+    if finished and (wanted <= 0 or wanted <= step):
+        raise TrainingError(
+            f"{run_dir.name} already finished at step {step}: nothing to resume",
+            f"to train it further, resume with --set train.max_steps=N where N > {step}",
+        )
 
 
 # ---- Trainer glue ---------------------------------------------------------------------------

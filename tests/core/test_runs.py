@@ -137,7 +137,7 @@ def test_delete_removes_the_folder_and_the_row_and_nothing_else(data_dir, tmp_pa
     assert [r.id for r in history.list_runs()] == [keep]
 
     (keep_dir / CONFIG_FILE).unlink()  # no longer looks like a run folder: refuse
-    with pytest.raises(RunHistoryError, match="does not look like a run folder"):
+    with pytest.raises(RunHistoryError, match="not a QLoRA Studio run folder"):
         history.delete(keep)
     assert keep_dir.is_dir() and history.get(keep) is not None
 

@@ -49,6 +49,10 @@ def summary_html(report: dict) -> str:
         f"{stats['max_length']:,} tokens · {stats['trained_share']:.0%} of tokens trained"
         f"<br>Tokens per row: min {stats['min_length']:,}, mean {stats['mean_length']:,.0f}, "
         f"95% {stats['p95_length']:,}, max {stats['max_length_seen']:,}"
+        + "".join(
+            f"<br><span style='color:#b3261e'>⚠ {html.escape(w)}</span>"
+            for w in report.get("warnings", [])
+        )
     )
 
 
