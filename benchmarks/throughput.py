@@ -2,6 +2,8 @@
 
     python benchmarks/throughput.py                 # demo model, QLoRA, CPU or GPU
     python benchmarks/throughput.py --steps 20 --batch-size 8 --method lora
+    python benchmarks/throughput.py --loss-impl full_logits      # the engine's old loss path
+    python benchmarks/throughput.py --compare-loss  # engine full_logits vs chunked, side by side
 
 Both sides build the model the same way (4-bit NF4 + double quant base for QLoRA, LoRA r=16 on
 all linear layers, paged 8-bit AdamW, grad clipping 1.0, the same linear-warmup cosine schedule),
@@ -9,7 +11,9 @@ see the same rows of the demo dataset (all of one templated length, so batches m
 whatever order each side draws them) for exactly one pass, and are timed over the steps after
 the warm-up; each side runs --repeats times, alternating, and its best run counts. Tokens are
 non-padding input tokens. Prints both figures and engine/plain; the engine should not be slower
-than 0.95x.
+than 0.95x. --loss-impl picks the engine's loss path (train.loss_impl); --compare-loss runs the
+engine with the full-logits loss against the engine with --loss-impl (chunked unless given) and
+prints lean/full, which the memory-lean recipe (issue 10) aims to keep at or above 1.2x.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qlora_studio.config import RunConfig  # noqa: E402
+from qlora_studio.config import LOSS_IMPLS, RunConfig  # noqa: E402
 from qlora_studio.core.events import CollectingReporter  # noqa: E402
 
 
-def build_config(args, data_path: Path, out_dir: Path) -> RunConfig:
+def build_config(args, data_path: Path, out_dir: Path, loss_impl: str | None = None) -> RunConfig:
     cfg = RunConfig.load(REPO / "resources" / "configs" / "demo-qlora.yaml")
+    cfg.train.loss_impl = loss_impl or args.loss_impl or cfg.train.loss_impl
     cfg.method = args.method
     cfg.model.source = args.model
     cfg.data.path = str(data_path)
@@ -188,10 +193,24 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternating")
+    parser.add_argument(
+        "--loss-impl", choices=LOSS_IMPLS, help="the engine's train.loss_impl (default: config's)"
+    )
+    parser.add_argument(
+        "--compare-loss",
+        action="store_true",
+        help="engine full_logits against engine --loss-impl (chunked if not given), no plain loop",
+    )
     args = parser.parse_args()
 
-    best = {"plain": None, "engine": None}
-    runners = {"plain": run_plain, "engine": run_engine}
+    if args.compare_loss:
+        lean = args.loss_impl if args.loss_impl not in (None, "full_logits") else "chunked"
+        sides = {"full_logits": "full_logits", lean: lean}
+        runners = {side: run_engine for side in sides}
+    else:
+        sides = {"plain": None, "engine": None}
+        runners = {"plain": run_plain, "engine": run_engine}
+    best = dict.fromkeys(sides)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = uniform_rows(args.model, (args.steps + args.warmup) * args.batch_size, tmp)
@@ -201,17 +220,25 @@ def main() -> int:
             flush=True,
         )
         for repeat in range(args.repeats):
-            for side in ("plain", "engine") if repeat % 2 == 0 else ("engine", "plain"):
-                cfg = build_config(args, data, tmp / f"runs-{repeat}")
+            order = list(sides) if repeat % 2 == 0 else list(reversed(sides))
+            for side in order:
+                cfg = build_config(args, data, tmp / f"runs-{repeat}-{side}", sides[side])
                 figures = runners[side](cfg, args.warmup)
                 gc.collect()
                 print(
-                    f"  {side:<6} #{repeat + 1}: {figures['tokens_per_s']:8.1f} tokens/s "
+                    f"  {side:<11} #{repeat + 1}: {figures['tokens_per_s']:8.1f} tokens/s "
                     f"({figures['tokens']} tokens in {figures['seconds']:.1f} s)",
                     flush=True,
                 )
                 if best[side] is None or figures["tokens_per_s"] > best[side]["tokens_per_s"]:
                     best[side] = figures
+    if args.compare_loss:
+        full, lean_figures = best["full_logits"], best[lean]
+        ratio = lean_figures["tokens_per_s"] / full["tokens_per_s"]
+        print(f"engine, full_logits loss (best): {full['tokens_per_s']:.1f} tokens/s")
+        print(f"engine, {lean} loss (best): {lean_figures['tokens_per_s']:.1f} tokens/s")
+        print(f"ratio {lean}/full_logits: {ratio:.3f}  (issue 10 target: >= 1.2)")
+        return 0
     plain, engine = best["plain"], best["engine"]
     ratio = engine["tokens_per_s"] / plain["tokens_per_s"]
     verdict = "ok" if ratio >= 0.95 else "SLOWER than 0.95x"

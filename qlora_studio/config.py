@@ -195,9 +195,11 @@ class TrainConfig:
     )
     full_recipe: str = _help(
         "lean",
-        "full fine-tuning on a GPU: lean = bf16 weights, paged 8-bit AdamW and the optimizer "
-        "step in backward (no clipping across all parameters, no grad accumulation); mixed = "
-        "fp32 master weights with bf16 autocast. The CPU always trains fp32 weights",
+        "full fine-tuning: lean = bf16 weights on a GPU, the optimizer (paged 8-bit AdamW by "
+        "default) stepped in backward (no clipping across all parameters, no grad "
+        "accumulation; 8-bit states for the embeddings too); mixed = fp32 master weights with "
+        "bf16 autocast. The CPU (and a GPU without bf16) trains fp32 weights; lean still steps "
+        "in backward there",
     )
     fit: str = _help(
         "off",
@@ -294,6 +296,14 @@ class RunConfig:
         _choice("run", "method", self.method, METHODS)
         for section in SECTIONS:
             getattr(self, section).validate()
+        if self.method == "full" and self.train.full_recipe == "lean" and self.train.grad_accum > 1:
+            raise ConfigError(
+                "train.grad_accum",
+                f"{self.train.grad_accum} cannot be used with train.full_recipe: lean (each "
+                "parameter is updated in backward, so gradients are not accumulated)",
+                "set train.full_recipe: mixed to accumulate gradients, or raise "
+                "train.batch_size instead",
+            )
         return self
 
     # ---- serialisation -------------------------------------------------------------------

@@ -505,6 +505,8 @@ class PaddingCollator:
             raise ValueError("pad_token_id is None; set tokenizer.pad_token first")
         self.pad_token_id = int(pad_token_id)
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.last_shape: tuple[int, int] | None = None  # rows x tokens of the latest batch
+        self.widest = 0  # the most tokens a batch before the latest one had
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
@@ -515,6 +517,9 @@ class PaddingCollator:
         if self.pad_to_multiple_of:
             width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
         shape = (len(features), width)
+        if self.last_shape is not None:
+            self.widest = max(self.widest, self.last_shape[1])
+        self.last_shape = shape
         batch = {
             "input_ids": torch.full(shape, self.pad_token_id, dtype=torch.long),
             "attention_mask": torch.zeros(shape, dtype=torch.long),

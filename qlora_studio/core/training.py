@@ -24,6 +24,7 @@ from qlora_studio.core.events import (
     TeeReporter,
     make_event,
 )
+from qlora_studio.core.out_of_memory import explain_out_of_memory, is_out_of_memory
 from qlora_studio.core.run_folder import (  # noqa: F401  (the run folder's layout, re-exported)
     ADAPTER,
     CHECKPOINTS,
@@ -88,6 +89,17 @@ def compute_dtype_name(requested: str, device: str) -> str:
     import torch
 
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def full_weights_dtype(recipe: str, compute: str, device: str) -> str:
+    """The dtype full fine-tuning keeps its weights in: bf16 for the lean recipe on a GPU with
+    bf16 (no fp32 master copy), else fp32 (mixed: fp32 master weights under autocast)."""
+    # fp16 weights would need a loss scaler, which cannot unscale a gradient that is stepped
+    # and freed in backward; bf16 has fp32's exponent range and needs none. The CPU keeps fp32
+    # (bf16 compute there made the loss climb).
+    if recipe == "lean" and device == "cuda" and compute == "bf16":
+        return "bf16"
+    return "fp32"
 
 
 def _torch_dtype(name: str):
@@ -202,6 +214,10 @@ class FineTuneRecipe:
             f"{stats.truncated_rows} truncated at {stats.max_length} tokens"
         )
         self._check_cancel()
+        from qlora_studio.core.fit import fit_before_loading  # auto-fit, or refuse what cannot fit
+
+        longest = min(stats.max_length, stats.max_length_seen)
+        self.cfg = cfg = fit_before_loading(cfg, self.model_dir, self.device, longest, self._status)
         self._open_run_dir()
         self._status(f"Loading the model for {cfg.method} on {self.device}")
         self.model = self._setup_model()
@@ -216,12 +232,13 @@ class FineTuneRecipe:
         cfg = self.cfg
         trainer_cls, args = self._training_arguments()
         callback = make_event_callback(self.reporter, self.cancel, self.device, self.run_dir)
+        collator = PaddingCollator(self.tokenizer.pad_token_id)
         trainer = trainer_cls(
             model=self.model,
             args=args,
             train_dataset=_ListDataset(self.prepared.train),
             eval_dataset=_ListDataset(self.prepared.eval) if self.prepared.eval else None,
-            data_collator=PaddingCollator(self.tokenizer.pad_token_id),
+            data_collator=collator,
             callbacks=[callback],
         )
         trainer.remove_callback(PrinterCallback)  # our events replace its print(logs)
@@ -234,6 +251,8 @@ class FineTuneRecipe:
         try:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except Exception as exc:  # turn the common failures into a message with a hint
+            if is_out_of_memory(exc):
+                raise self._after_out_of_memory(trainer, collator) from exc
             raise _explain_training_error(exc, callback.step) from exc
         eval_loss = None
         if self.prepared.eval and not callback.cancelled:
@@ -259,6 +278,41 @@ class FineTuneRecipe:
             final_loss=callback.losses[-1][1] if callback.losses else None,
             eval_loss=float(eval_loss) if eval_loss is not None else None,
             runtime_s=time.time() - started,
+        )
+
+    def _after_out_of_memory(self, trainer, collator) -> StudioError:
+        """Free what the failed step held, keep a checkpoint of the last completed step, and
+        say which term grew with the batch (core/out_of_memory.py)."""
+        import gc
+
+        import torch
+
+        step = int(trainer.state.global_step)
+        # the lean full recipe may have stepped some parameters of the failed step already:
+        # its weights are then between two steps, so only its last checkpoint is kept
+        consistent = getattr(trainer, "optimizer_in_backward", None) is None
+        trainer.model.zero_grad(set_to_none=True)  # a partial accumulation of the failed step
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        checkpoint = last_checkpoint(self.run_dir)
+        saved_step = int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint else 0
+        if consistent and step > saved_step:
+            try:
+                trainer._save_checkpoint(trainer.model, trial=None)  # the Trainer's own format
+                checkpoint = last_checkpoint(self.run_dir)
+                self.reporter.emit(make_event("checkpoint", step=step, path=str(checkpoint)))
+            except Exception as exc:  # still out of memory, or the disk: keep the older one
+                self._status(f"Could not save a checkpoint after running out of memory: {exc}")
+        return explain_out_of_memory(
+            self.cfg,
+            self.model_dir,
+            self.device,
+            step=step,
+            batch_shape=collator.last_shape,
+            widest_before=collator.widest,
+            checkpoint=checkpoint,
+            run_dir=self.run_dir,
         )
 
     def save(self, result: TrainResult) -> None:
@@ -346,8 +400,9 @@ class FineTuneRecipe:
             kwargs["device_map"] = {"": self.device}
         elif method == "lora":
             kwargs["dtype"] = _torch_dtype(compute)
-        else:  # full: fp32 master weights; the GPU adds bf16/fp16 autocast on top
-            kwargs["dtype"] = torch.float32
+        else:  # full: lean = bf16 on a GPU, stepped in backward; mixed = fp32 under autocast
+            weights = full_weights_dtype(cfg.train.full_recipe, compute, self.device)
+            kwargs["dtype"] = torch.bfloat16 if weights == "bf16" else torch.float32
         try:
             model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), **kwargs)
         except Exception as exc:
@@ -357,16 +412,27 @@ class FineTuneRecipe:
         model.config.use_cache = False
         if method == "full":
             return model
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        import transformers
+        from peft import LoraConfig, get_peft_model
 
-        if method == "qlora":
-            model = prepare_model_for_kbit_training(
-                model,
-                use_gradient_checkpointing=cfg.train.gradient_checkpointing,
-                gradient_checkpointing_kwargs={"use_reentrant": False},
-            )
-        elif cfg.train.gradient_checkpointing:
+        # peft's prepare_model_for_kbit_training without its fp32 upcast of the frozen layers:
+        for param in model.parameters():
+            # frozen layers get no updates, so 16-bit storage loses nothing to rounding; HF norms
+            # compute their statistics in fp32 and the loss upcasts logits before the softmax
+            param.requires_grad_(False)
+        for module in model.modules():
+            # bitsandbytes repacks 4-bit CPU weights on an eval forward (a mid-run evaluation)
+            # into a layout whose matmul has no backward: later steps would lose gradients
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+        if cfg.train.gradient_checkpointing:
+            # input grads as before: reentrant checkpointing needs them, non-reentrant ignores them
             model.enable_input_require_grads()
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        # LoRA weights stay fp32 (get_peft_model's autocast_adapter_dtype): small updates to
+        # trained 16-bit weights would round away, and the adapters are a tiny share of memory
         lora = LoraConfig(
             r=cfg.lora.r,
             lora_alpha=cfg.lora.alpha,
@@ -377,6 +443,8 @@ class FineTuneRecipe:
             bias="none",
             task_type="CAUSAL_LM",
         )
+        # LoRA A starts random: the same seed gives the same start, whatever ran before it
+        transformers.set_seed(cfg.train.seed)
         try:
             model = get_peft_model(model, lora)
         except ValueError as exc:
@@ -395,11 +463,16 @@ class FineTuneRecipe:
 
         cfg = self.cfg
         t = cfg.train
+        # lean full fine-tuning steps each parameter in backward (core/optimizer_in_backward.py):
+        # its weights are already bf16 (no autocast) and there is no full set of grads to clip
+        in_backward = cfg.method == "full" and t.full_recipe == "lean"
+        # autocast on a GPU, QLoRA included (as the QLoRA paper trains): the fp32 LoRA weights
+        # stay the master copy while their matmuls, and the inputs saved for backward, are
+        # 16-bit; the frozen base already computes in the compute dtype
         mixed = {}
-        if self.device == "cuda" and cfg.method != "qlora":
-            mixed = (
-                {"bf16": True} if compute_dtype_name("auto", "cuda") == "bf16" else {"fp16": True}
-            )
+        compute = compute_dtype_name(cfg.quant.compute_dtype, self.device)
+        if self.device == "cuda" and not in_backward and compute in ("bf16", "fp16"):
+            mixed = {compute: True}
         has_eval = bool(self.prepared.eval)
         args = TrainingArguments(
             output_dir=str(self.run_dir / CHECKPOINTS),
@@ -412,7 +485,7 @@ class FineTuneRecipe:
             lr_scheduler_type=t.scheduler,
             warmup_steps=float(t.warmup_ratio),
             weight_decay=t.weight_decay,
-            max_grad_norm=t.max_grad_norm,
+            max_grad_norm=0.0 if in_backward else t.max_grad_norm,
             optim=OPTIMIZER_NAMES[t.optimizer],
             gradient_checkpointing=t.gradient_checkpointing and cfg.method != "qlora",
             gradient_checkpointing_kwargs={"use_reentrant": False},
@@ -433,6 +506,15 @@ class FineTuneRecipe:
             dataloader_pin_memory=self.device == "cuda",
             **mixed,
         )
+        from qlora_studio.core.lean_loss import choose_loss_path, with_lean_loss
+
+        loss_path = choose_loss_path(self.model, t, self.device)
+        self._status(loss_path.message)
+        Trainer = with_lean_loss(Trainer, loss_path)  # the class the recipe builds on
+        if in_backward:
+            from qlora_studio.core.optimizer_in_backward import with_optimizer_in_backward
+
+            return with_optimizer_in_backward(Trainer), args
         return Trainer, args
 
     # ---- helpers --------------------------------------------------------------------------
@@ -591,16 +673,8 @@ class _ListDataset:
 
 # ---- errors a user can cause ----------------------------------------------------------------
 def _explain_training_error(exc: Exception, step: int) -> StudioError:
-    import torch
-
     if isinstance(exc, StudioError):
         return exc
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
-        return TrainingError(
-            f"Out of memory at step {step}",
-            "lower train.batch_size or data.max_length, turn on gradient checkpointing, use "
-            "QLoRA or optimizer paged_adamw_8bit; `qlora-studio estimate` shows what fits",
-        )
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return TrainingError(
             f"The disk is full ({exc.filename or 'while saving'})",

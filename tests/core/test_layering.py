@@ -23,6 +23,10 @@ CORE_MODULES = [
     "qlora_studio.core.hub",
     "qlora_studio.core.runs",
     "qlora_studio.core.run_recorder",
+    "qlora_studio.core.run_folder",
+    "qlora_studio.core.out_of_memory",
+    "qlora_studio.core.lean_loss",
+    "qlora_studio.core.optimizer_in_backward",
 ]
 
 

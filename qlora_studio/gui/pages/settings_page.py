@@ -35,6 +35,7 @@ CHOICES = {
     ("train", "optimizer"): C.OPTIMIZERS,
     ("train", "scheduler"): C.SCHEDULERS,
     ("train", "device"): ("auto", "cuda", "cpu"),
+    ("train", "full_recipe"): C.FULL_RECIPES,
 }
 MEMORY_NOTES = {
     "r": "LoRA memory grows linearly with r: r x (d_in + d_out) fp32 parameters per layer, "
@@ -46,6 +47,9 @@ MEMORY_NOTES = {
     "the largest saving for long sequences.",
     "batch_size": "Activations and logits grow linearly with the batch.",
     "compute_dtype": "bf16 halves activation memory against fp32.",
+    "full_recipe": "lean keeps 2 B of bf16 weights per parameter on a GPU and one parameter's "
+    "gradient at a time (mixed: 4 B fp32 weights + 4 B gradients each), but gives up clipping "
+    "across all parameters and gradient accumulation.",
 }
 PRESETS = {
     "Fastest": {
