@@ -129,6 +129,8 @@ def run_estimate(args) -> int:
         }
         if available:
             entry["verdict"] = judge(estimate, info, settings, available).to_dict()
+        if cfg.train.fit == "auto":
+            entry["auto_fit"] = _auto_fit(info, cfg, method, settings, device, available)
         report["methods"][method] = entry
     if args.probe:
         probe_method = cfg.method if args.method == "all" else args.method
@@ -138,6 +140,21 @@ def run_estimate(args) -> int:
     else:
         _print_report(info, settings, report)
     return EXIT_OK
+
+
+def _auto_fit(info, cfg, method: str, settings, device: str, available: int) -> dict[str, Any]:
+    """What ``train.fit: auto`` would choose for ``method`` (FitChoice as a dict), or why there
+    is nothing to fit against."""
+    from qlora_studio.config import RunConfig
+    from qlora_studio.core.fit import auto_fit
+
+    if device != "cuda" or not available:
+        where = "the CPU has no GPU memory" if device != "cuda" else "no GPU was found"
+        return {"fits": None, "reason": f"{where} to fit against: the settings are kept"}
+    trial = RunConfig.from_dict(cfg.to_dict())
+    trial.method = method
+    trial.train.batch_size, trial.data.max_length = settings.batch_size, settings.seq_len
+    return auto_fit(info, trial, available).to_dict()
 
 
 def _print_report(info, settings, report: dict[str, Any]) -> None:
@@ -172,6 +189,13 @@ def _print_report(info, settings, report: dict[str, Any]) -> None:
             )
             for advice in verdict["advice"]:
                 print(f"    - {advice}")
+        for term in entry["estimate"]["cpu_terms"]:
+            print(f"  in CPU RAM: {term['name']} {_gb(term['bytes'])}, {term['detail']}")
+        fit = entry.get("auto_fit")
+        if fit:
+            print(f"  auto-fit (train.fit: auto): {fit['reason']}")
+            if fit.get("hint"):
+                print(f"    to fit: {fit['hint']}")
     probe = report.get("probe")
     if probe:
         print()

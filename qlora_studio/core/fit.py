@@ -1,12 +1,14 @@
 """Will it fit: the verdict of an estimate against the memory available, the largest batch and
-sequence that fit, what to change when it does not, and the system RAM a run needs."""
+sequence that fit, what to change when it does not, auto-fit (``train.fit: auto``: checkpointing
+and a micro-batch that keep the effective batch and fit the GPU), the check ``train`` runs before
+the model loads, and the system RAM a run needs."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qlora_studio.core.memory import (
     _STORED_BYTES,
@@ -21,8 +23,14 @@ from qlora_studio.core.memory import (
     _precision,
     estimate_memory,
     lora_trainable_params,
+    step_in_backward,
 )
 from qlora_studio.core.models import ModelInfo
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from qlora_studio.config import RunConfig
 
 
 @dataclass
@@ -114,10 +122,12 @@ def _advice(
     method, needed = estimate.method, estimate.total_bytes
     advice: list[str] = []
     if 0 < max_batch < settings.batch_size:
-        advice.append(
-            f"largest batch size that fits: {max_batch} (raise train.grad_accum to keep the "
-            "effective batch)"
+        keep = (
+            "the lean full recipe cannot accumulate gradients"
+            if step_in_backward(settings, method)
+            else "raise train.grad_accum to keep the effective batch"
         )
+        advice.append(f"largest batch size that fits: {max_batch} ({keep})")
     if 0 < max_seq < settings.seq_len:
         advice.append(
             f"longest sequence that fits at batch {settings.batch_size}: {max_seq} "
@@ -132,6 +142,12 @@ def _advice(
     if not settings.gradient_checkpointing:
         saved = needed - needs(gradient_checkpointing=True)
         options.append((saved, f"turn on gradient checkpointing (saves ~{_gb(saved)})"))
+    if settings.loss_impl == "full_logits":
+        saved = needed - needs(loss_impl="chunked")
+        options.append((saved, f"set train.loss_impl to chunked (saves ~{_gb(saved)})"))
+    if method == "full" and settings.full_recipe != "lean":
+        saved = needed - needs(full_recipe="lean")
+        options.append((saved, f"set train.full_recipe to lean (saves ~{_gb(saved)})"))
     if settings.optimizer not in ("paged_adamw_8bit", "sgd"):
         saved = needed - needs(optimizer="paged_adamw_8bit")
         options.append((saved, f"switch optimizer to paged_adamw_8bit (saves ~{_gb(saved)})"))
@@ -156,10 +172,15 @@ def _advice(
     advice += [text for saved, text in options if saved > 0]
     logits = estimate.term("logits and loss")
     if estimate.dominant == "logits and loss" and logits is not None:
+        fix = (
+            "shorter sequences or a smaller batch shrink it"
+            if settings.loss_impl == "full_logits"
+            else "a smaller train.loss_chunk_tokens shrinks it"
+        )
         advice.append(
             f"the logits dominate: the {info.vocab_size:,}-token vocabulary costs "
             f"{_gb(logits.bytes)} at batch {settings.batch_size} x {settings.seq_len} tokens; "
-            "shorter sequences or a smaller batch shrink it"
+            + fix
         )
     if max_batch == 0 and max_seq < 64:
         floor = needs(batch_size=1, seq_len=64)
@@ -169,6 +190,188 @@ def _advice(
             f"(the weights alone {_gb(weights)}): no batch or sequence length fits this GPU"
         )
     return advice
+
+
+# ---- auto-fit ----------------------------------------------------------------------------
+@dataclass
+class FitChoice:
+    """What auto-fit chose for one GPU, or why nothing fits (then ``hint`` says what would)."""
+
+    fits: bool
+    batch_size: int  # the micro-batch: examples per device step
+    grad_accum: int  # batch_size x grad_accum is the user's effective batch
+    gradient_checkpointing: bool
+    needed_bytes: int  # the estimate at the chosen settings
+    available_bytes: int
+    reason: str  # one line: what was chosen and why
+    hint: str = ""  # when nothing fits: the changes that would make it fit
+    changed: bool = False  # whether any of the three settings differs from the config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _divisors(n: int) -> list[int]:
+    """The divisors of ``n``, largest first."""
+    return sorted((d for d in range(1, n + 1) if n % d == 0), reverse=True)
+
+
+def auto_fit(
+    info: ModelInfo, cfg: RunConfig, available_bytes: int, *, seq_len: int | None = None
+) -> FitChoice:
+    """Pick gradient checkpointing and a micro-batch (with gradient accumulation) that keep the
+    effective batch ``train.batch_size x train.grad_accum`` and fit ``available_bytes`` of GPU
+    memory by the estimate (within 90%, as :func:`judge` says "fits"). Checkpointing off is
+    tried first (it skips the ~30% recompute), each time with the largest micro-batch that
+    divides the effective batch. The lean full recipe steps the optimizer in backward and
+    cannot accumulate, so its micro-batch stays the batch size. ``seq_len`` (the longest
+    row) replaces ``data.max_length`` when given. Pure: no GPU needed."""
+    settings = Settings.from_config(cfg, device="cuda")
+    if seq_len:
+        settings.seq_len = min(settings.seq_len, seq_len)
+    method, t = cfg.method, cfg.train
+    effective = t.batch_size * t.grad_accum
+    budget = FIT_SHARE * available_bytes
+    no_accum = method == "full" and t.full_recipe == "lean"  # config.py refuses accumulation
+    micro_batches = [effective] if no_accum else _divisors(effective)
+
+    def needs(batch: int, checkpointing: bool) -> int:
+        trial = dataclasses.replace(
+            settings, batch_size=batch, gradient_checkpointing=checkpointing
+        )
+        return estimate_memory(info, trial, method).total_bytes
+
+    smallest = micro_batches[-1]
+    without = 0  # what the smallest micro-batch needs without checkpointing
+    for checkpointing in (False, True):
+        for batch in micro_batches:
+            needed = needs(batch, checkpointing)
+            if needed <= budget:
+                choice = FitChoice(True, batch, effective // batch, checkpointing, needed, 0, "")
+                return _explain(cfg, choice, int(available_bytes), smallest, without)
+        without = needed
+    trial = dataclasses.replace(settings, batch_size=smallest, gradient_checkpointing=True)
+    estimate = estimate_memory(info, trial, method)
+    verdict = judge(estimate, info, trial, available_bytes)
+    hints = list(verdict.advice)
+    if no_accum and effective > 1:
+        hints.insert(
+            0,
+            "the lean full recipe steps the optimizer in backward and cannot accumulate "
+            f"gradients: lower train.batch_size (now {effective})",
+        )
+    reason = (
+        f"{_METHOD_NAMES[method]} does not fit {_gb(available_bytes)}: even micro-batch "
+        f"{smallest} x {settings.seq_len} tokens with gradient checkpointing needs "
+        f"~{_gb(estimate.total_bytes)} (largest term: {estimate.dominant})"
+    )
+    return FitChoice(
+        fits=False,
+        batch_size=t.batch_size,
+        grad_accum=t.grad_accum,
+        gradient_checkpointing=t.gradient_checkpointing,
+        needed_bytes=estimate.total_bytes,
+        available_bytes=int(available_bytes),
+        reason=reason,
+        hint="; ".join(hints),
+    )
+
+
+def _explain(
+    cfg: RunConfig, choice: FitChoice, available: int, smallest: int, without: int
+) -> FitChoice:
+    """``choice`` with its reason, its available memory and whether it changed the config."""
+    t = cfg.train
+    effective = t.batch_size * t.grad_accum
+    why = (
+        "off, which skips the ~30% recompute"
+        if not choice.gradient_checkpointing
+        else f"on (without it even micro-batch {smallest} needs ~{_gb(without)})"
+    )
+    before = (t.batch_size, t.grad_accum, t.gradient_checkpointing)
+    after = (choice.batch_size, choice.grad_accum, choice.gradient_checkpointing)
+    was = ""
+    if after != before:
+        was = (
+            f" (the config had batch {t.batch_size} x grad_accum {t.grad_accum}, checkpointing "
+            f"{'on' if t.gradient_checkpointing else 'off'})"
+        )
+    choice.reason = (
+        f"micro-batch {choice.batch_size} x grad_accum {choice.grad_accum} keeps the effective "
+        f"batch of {effective}{was}; gradient checkpointing {why}; needs "
+        f"~{_gb(choice.needed_bytes)} of {_gb(available)}"
+    )
+    choice.available_bytes, choice.changed = available, after != before
+    return choice
+
+
+def fit_config(
+    info: ModelInfo, cfg: RunConfig, available_bytes: int, longest: int = 0
+) -> tuple[RunConfig, str]:
+    """``cfg`` checked against ``available_bytes`` of GPU memory: with ``train.fit: auto`` a copy
+    with the micro-batch, accumulation and checkpointing :func:`auto_fit` chose, and the line
+    saying what and why; with ``off`` ``cfg`` itself and "". Raises :class:`TrainingError`,
+    whose hint names the change that would make it fit, when the run cannot fit. ``longest``
+    is the longest row in tokens (0: data.max_length)."""
+    from qlora_studio.config import RunConfig
+    from qlora_studio.core.errors import TrainingError
+
+    if cfg.train.fit == "auto":
+        choice = auto_fit(info, cfg, available_bytes, seq_len=longest or None)
+        if not choice.fits:
+            raise TrainingError(f"Auto-fit: {choice.reason}", choice.hint)
+        fitted = RunConfig.from_dict(cfg.to_dict())
+        fitted.train.batch_size = choice.batch_size
+        fitted.train.grad_accum = choice.grad_accum
+        fitted.train.gradient_checkpointing = choice.gradient_checkpointing
+        return fitted.validate(), f"Auto-fit: {choice.reason}"
+    settings = Settings.from_config(cfg, device="cuda")
+    if longest:
+        settings.seq_len = min(settings.seq_len, longest)
+    estimate = estimate_memory(info, settings, cfg.method)
+    verdict = judge(estimate, info, settings, available_bytes)
+    if verdict.status == "does not fit":
+        raise TrainingError(
+            f"{_METHOD_NAMES[cfg.method]} needs ~{_gb(estimate.total_bytes)} of GPU memory at "
+            f"batch {settings.batch_size} x {settings.seq_len} tokens and the GPU has "
+            f"{_gb(available_bytes)} free (largest term: {estimate.dominant})",
+            "; ".join([*verdict.advice, "or set train.fit to auto"]),
+        )
+    return cfg, ""
+
+
+def fit_before_loading(
+    cfg: RunConfig,
+    model_dir: Path,
+    device: str,
+    longest: int = 0,
+    report: Callable[[str], None] = lambda message: None,
+) -> RunConfig:
+    """What ``train`` does before the model loads: on a GPU, :func:`fit_config` against the free
+    memory NVML reports, saying through ``report`` what auto-fit chose; raises
+    :class:`TrainingError` when the run cannot fit. On the CPU there is nothing to fit against
+    and ``cfg`` is returned as it is (auto-fit says so)."""
+    from qlora_studio.core.errors import StudioError
+    from qlora_studio.core.gpu import nvml_device_memory
+    from qlora_studio.core.models import inspect_model
+
+    if device != "cuda":
+        if cfg.train.fit == "auto":
+            report("Auto-fit: training on the CPU, no GPU memory to fit: the settings are kept")
+        return cfg
+    memory = nvml_device_memory(0)
+    if memory is None:
+        report("Memory check skipped: NVML cannot read the GPU's memory (nvidia-ml-py)")
+        return cfg
+    try:
+        info = inspect_model(model_dir, trust_remote_code=cfg.model.trust_remote_code)
+    except StudioError as exc:
+        report(f"Memory check skipped: the model could not be inspected ({exc.message})")
+        return cfg
+    cfg, message = fit_config(info, cfg, memory["free"], longest)
+    if message:
+        report(f"{message} ({_gb(memory['free'])} free on the GPU)")
+    return cfg
 
 
 # ---- system RAM --------------------------------------------------------------------------
@@ -194,7 +397,8 @@ def system_ram_needed(
     - ``load``: peak while loading. safetensors are memory-mapped, so the stored weights pass
       through RAM about one shard at a time. QLoRA loads with a device map and quantizes on the
       GPU: about one shard. Full and LoRA build the model on the CPU in the training dtype
-      (full fp32; LoRA the compute dtype) before moving it: the whole model plus one shard.
+      (full: bf16 for the lean recipe on a GPU, else fp32; LoRA: the compute dtype) before
+      moving it: the whole model plus one shard.
     - ``merge``: exporting a merged model loads the base in bf16 on the CPU (2 B/param), adds
       the fp32 adapter, and writes one shard at a time; 10% margin. 0 for full fine-tuning.
     """
@@ -207,7 +411,7 @@ def system_ram_needed(
         load = shard
         load_detail = f"weights stream to the GPU and are quantized there: {shard_how}"
     else:
-        per_param = 4 if method == "full" else _precision(settings, "lora").base
+        per_param = _precision(settings, method).base  # lean full: bf16 on a GPU
         load = int(per_param * params) + shard
         load_detail = (
             f"model built on the CPU at {per_param:g} B x {_count(params)} before moving to "

@@ -6,24 +6,36 @@ torch. Each method's estimate is a list of named :class:`MemoryTerm` whose ``det
 was computed. The terms are summed, which is a deliberate upper bound: gradients grow during the
 backward pass while activations are freed, and both are counted in full.
 
-What each method really builds (``core/training.py`` ``_setup_model``) and where the figures come
-from:
+What each method really builds (``core/training.py``, DESIGN.md "Memory-lean recipe") and where
+the figures come from:
 
-- full: fp32 master weights, fp32 gradients, optimizer states for every parameter; on a GPU the
-  Trainer adds bf16/fp16 autocast, whose cast cache keeps a 16-bit copy of every linear weight
-  until the forward pass ends (those copies are saved for the backward pass).
+- full, ``train.full_recipe: lean``: the optimizer steps each parameter in backward and frees
+  its gradient (``core/optimizer_in_backward.py``), so only one gradient is alive at a time; no
+  autocast. The weights are bf16 with no fp32 master copy on a GPU with bf16, else fp32 (the
+  CPU trains fp32).
+- full, ``mixed``: fp32 master weights, fp32 gradients, optimizer states for every parameter; on
+  a GPU the Trainer adds bf16/fp16 autocast, whose cast cache keeps a 16-bit copy of every
+  linear weight until the forward pass ends (saved for the backward pass).
 - lora: the frozen base in the compute dtype (bf16 on a GPU, fp32 on the CPU) plus peft adapters
   kept in fp32; autocast on the GPU.
 - qlora: bitsandbytes ``Linear4bit`` for every linear except the output layer. ``quantize_4bit``
   packs two 4-bit values per byte with an fp32 absmax per 64-value block (0.5 bit/param); with
   double quantization the absmax is itself quantized to 8 bits in blocks of 256 with one fp32
   absmax per block (8/64 + 32/(64*256) = 0.127 bit/param; the 256-entry code table is shared).
-  peft's ``prepare_model_for_kbit_training`` casts every fp16/bf16 parameter that is not
-  ``Params4bit`` (embeddings, norms, lm_head, biases) to fp32, so the residual stream and the
-  logits are fp32 as well. ``MatMul4Bit`` saves only the packed weight for backward: the frozen
-  base linears keep no activations, only the LoRA path does.
+  On a GPU the embeddings, norms and lm_head stay in the 16-bit compute dtype, so the residual
+  stream and the logits are 16-bit; on the CPU everything computes in fp32. ``MatMul4Bit``
+  saves only the packed weight for backward: the frozen base linears keep no activations, only
+  the LoRA path does.
+- loss (``core/lean_loss.py``): chunked, the lm_head runs ``train.loss_chunk_tokens`` trained
+  tokens at a time and recomputes them in backward; liger's fused kernel sizes its chunks so
+  their logits are about as large as the hidden states; ``full_logits`` keeps the whole batch's
+  logits. The estimate assumes every position is trained (completion-only data trains fewer).
 - optimizer: bitsandbytes 8-bit blockwise Adam keeps two uint8 states per value plus an fp32
   absmax per 256-value block for each state; tensors under 4,096 values keep 32-bit states.
+  Paged optimizers keep the state buffers of tensors of 100,000+ values in unified memory,
+  which pages out to CPU RAM when the GPU is short: they are shown apart, as CPU RAM
+  (``MethodEstimate.cpu_terms``), and the GPU keeps the absmax, the small tensors' states and
+  the largest tensor's states paged in for its step.
 - activations: Korthikanti et al. (2022) count the tensors each layer saves for backward; with
   SDPA the ``5*a*s`` attention-score term is gone. The count here is explicit per tensor (see
   :func:`_layer_bytes_per_token`) and is to be calibrated against the "Verify fit" probe.
@@ -33,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -83,9 +95,11 @@ class MethodEstimate:
 
     method: str  # full | lora | qlora
     terms: list[MemoryTerm]
-    total_bytes: int
+    total_bytes: int  # GPU memory (or process memory on the CPU): the sum of ``terms``
     trainable_params: int
     dominant: str  # name of the largest term
+    # held in CPU RAM, not counted in total_bytes (paged optimizer states on a GPU)
+    cpu_terms: list[MemoryTerm] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy (terms become dicts)."""
@@ -113,6 +127,9 @@ class Settings:
     device: str = "cuda"  # "cuda" or "cpu"
     use_dora: bool = False
     lora_dropout: float = 0.05  # > 0 adds a dropout copy of each adapter input
+    loss_impl: str = "auto"  # auto | chunked | liger | full_logits (train.loss_impl)
+    loss_chunk_tokens: int = 1024  # trained tokens per lm_head chunk (chunked loss)
+    full_recipe: str = "lean"  # lean (step in backward) | mixed (train.full_recipe)
 
     @classmethod
     def from_config(cls, cfg: RunConfig, device: str | None = None) -> Settings:
@@ -141,6 +158,9 @@ class Settings:
             device=device,
             use_dora=cfg.lora.use_dora,
             lora_dropout=float(cfg.lora.dropout),
+            loss_impl=cfg.train.loss_impl,
+            loss_chunk_tokens=cfg.train.loss_chunk_tokens,
+            full_recipe=cfg.train.full_recipe,
         )
 
 
@@ -198,19 +218,41 @@ class _Precision:
     adapter: int  # the LoRA path's saved input (fp32 adapters; 16-bit under autocast)
     logits: int
     autocast: bool
+    frozen: int = 0  # QLoRA's non-quantized layers: embeddings, norms, lm_head, biases
+
+
+def step_in_backward(settings: Settings, method: str) -> bool:
+    """Whether ``method`` runs the lean full recipe: the optimizer step in backward, one
+    gradient alive at a time, no autocast, no gradient accumulation (any device)."""
+    return method == "full" and settings.full_recipe == "lean"
+
+
+def lean_full(settings: Settings) -> bool:
+    """Whether the lean full recipe keeps bf16 weights (no fp32 master copy): on a GPU with
+    bf16 compute only (fp16 weights would need a loss scaler; the CPU trains fp32)."""
+    gpu = settings.device == "cuda"
+    return gpu and step_in_backward(settings, "full") and settings.compute_dtype in ("bf16", "auto")
 
 
 def _precision(settings: Settings, method: str) -> _Precision:
     compute = _compute_bytes(settings)
-    autocast = settings.device == "cuda" and method != "qlora"
+    gpu = settings.device == "cuda"
+    if step_in_backward(settings, method):  # no autocast: compute in the weights' dtype
+        weight = 2 if lean_full(settings) else 4
+        return _Precision(weight, weight, weight, 0, weight, False)
+    # the Trainer runs a GPU under autocast in the compute dtype (QLoRA included); the CPU never
+    autocast = gpu and compute == 2
     act = 2 if autocast else compute
     if method == "full":
         return _Precision(4, act, 4, 0, act, autocast)
     if method == "lora":
         return _Precision(compute, act, compute, 2 if autocast else 4, act, autocast)
     bits = bits_per_quantized_param(settings.double_quant)
-    # prepare_model_for_kbit_training upcast embeddings, norms and lm_head: fp32 stream and logits
-    return _Precision(bits / 8, compute, 4, 4, 4, False)
+    # a GPU keeps embeddings, norms and lm_head in the compute dtype: 16-bit stream and logits;
+    # the CPU computes in fp32
+    frozen = compute if gpu else 4
+    adapter = 2 if autocast else 4  # autocast saves the adapters' inputs in 16-bit
+    return _Precision(bits / 8, compute, frozen, adapter, frozen, autocast, frozen)
 
 
 def _norms_per_layer(info: ModelInfo) -> int:
@@ -296,36 +338,116 @@ def _tensor_sizes(info: ModelInfo, settings: Settings, method: str) -> list[tupl
     return sizes
 
 
-def _optimizer_term(info: ModelInfo, settings: Settings, method: str) -> MemoryTerm:
+def _state_bytes(optimizer: str, n: int) -> tuple[int, int]:
+    """Optimizer state bytes of one tensor of ``n`` values: (exp_avg + exp_avg_sq buffers, fp32
+    absmax). 8-bit blockwise Adam: 2 x uint8 per value + 2 fp32 absmax per 256-value block, or
+    32-bit states under 4,096 values; 32-bit Adam: 2 x fp32 per value."""
+    if optimizer in EIGHT_BIT_OPTIMIZERS and n >= MIN_8BIT_SIZE:
+        return 2 * n, 2 * 4 * math.ceil(n / OPTIM_BLOCKSIZE)
+    return 8 * n, 0
+
+
+def _optimizer_terms(
+    info: ModelInfo, settings: Settings, method: str
+) -> tuple[MemoryTerm, MemoryTerm | None]:
+    """The optimizer states on the GPU (or in the process on the CPU), and the paged state
+    buffers that live in CPU RAM (None unless a paged optimizer runs on a GPU)."""
     name, sizes = settings.optimizer, _tensor_sizes(info, settings, method)
     values = sum(n * count for n, count in sizes)
     if name == "sgd":
-        return MemoryTerm("optimizer states", 0, "SGD without momentum keeps no state")
+        return MemoryTerm("optimizer states", 0, "SGD without momentum keeps no state"), None
     if name not in ADAM_OPTIMIZERS:
         raise ValueError(f"optimizer {name!r} is not one of sgd, {', '.join(ADAM_OPTIMIZERS)}")
-    paged = ""
-    if name.startswith("paged"):
-        paged = (
-            f"; paged: state buffers of {PAGED_MIN_SIZE:,}+ values live in unified memory and "
-            "can page out to CPU RAM under pressure"
-            if settings.device == "cuda"
-            else "; paged is not supported on the CPU (bitsandbytes falls back to plain)"
-        )
     if name in EIGHT_BIT_OPTIMIZERS:
         small = sum(n * count for n, count in sizes if n < MIN_8BIT_SIZE)
-        big = values - small
-        blocks = sum(
-            math.ceil(n / OPTIM_BLOCKSIZE) * count for n, count in sizes if n >= MIN_8BIT_SIZE
-        )
-        total = 8 * small + 2 * big + 2 * 4 * blocks
-        detail = (
+        how = (
             f"Adam 8-bit blockwise: 2 x uint8 + 2 x fp32 absmax per {OPTIM_BLOCKSIZE} values "
-            f"({2 + 8 / OPTIM_BLOCKSIZE:.3f} B) x {_count(big)} values; tensors under "
-            f"{MIN_8BIT_SIZE} values stay 32-bit (8 B) x {_count(small)} values{paged}"
+            f"({2 + 8 / OPTIM_BLOCKSIZE:.3f} B) x {_count(values - small)} values; tensors under "
+            f"{MIN_8BIT_SIZE} values stay 32-bit (8 B) x {_count(small)} values"
         )
-        return MemoryTerm("optimizer states", total, detail)
-    detail = f"Adam 32-bit: exp_avg + exp_avg_sq, 8 B x {_count(values)} trainable values{paged}"
-    return MemoryTerm("optimizer states", 8 * values, detail)
+    else:
+        how = f"Adam 32-bit: exp_avg + exp_avg_sq, 8 B x {_count(values)} trainable values"
+    paged_on_gpu = name.startswith("paged") and settings.device == "cuda"
+    if name.startswith("paged") and not paged_on_gpu:
+        how += "; paged is not supported on the CPU (bitsandbytes falls back to plain)"
+    # transformers' Trainer gives nn.Embedding weights 32-bit states under an 8-bit optimizer
+    # (the lean recipe keeps them 8-bit, core/optimizer_in_backward.py)
+    mixed_full = method == "full" and not step_in_backward(settings, method)
+    embedding = info.params_by_kind.get("embeddings", 0) if mixed_full else 0
+    if embedding and name in EIGHT_BIT_OPTIMIZERS:
+        how += f"; the input embeddings keep 32-bit states (8 B x {_count(embedding)} values)"
+    on_gpu, paged, largest = 0.0, 0.0, 0.0
+    for n, count in sizes:
+        states, absmax = _state_bytes(name, n)
+        if embedding and n == embedding and count == 1:
+            states, absmax, embedding = 8 * n, 0, 0  # the first such tensor is the embedding
+        on_gpu += absmax * count
+        if paged_on_gpu and n >= PAGED_MIN_SIZE:
+            paged += states * count
+            largest = max(largest, states)
+        else:
+            on_gpu += states * count
+    if not paged:
+        return MemoryTerm("optimizer states", int(on_gpu), how), None
+    detail = (
+        f"{how}; the absmax and tensors under {PAGED_MIN_SIZE:,} values stay on the GPU "
+        f"({_gb(on_gpu)}), + the largest tensor's paged states brought in for its step "
+        f"({_gb(largest)})"
+    )
+    cpu = MemoryTerm(
+        "optimizer states (paged)",
+        int(paged),
+        f"bitsandbytes paged buffers of tensors of {PAGED_MIN_SIZE:,}+ values: unified memory "
+        "that pages out to CPU RAM when the GPU is short, so the GPU total leaves them out",
+    )
+    return MemoryTerm("optimizer states", int(on_gpu + largest), detail), cpu
+
+
+def _loss_term(info: ModelInfo, settings: Settings, method: str, p: _Precision) -> MemoryTerm:
+    """The logits and the cross-entropy (``core/lean_loss.py``), with every position trained
+    (the worst case: completion-only data trains fewer):
+
+    - full_logits: the whole batch's logits, their fp32 log-softmax and its gradient;
+    - chunked (and auto, which is liger only where liger-kernel is installed on CUDA): one chunk
+      of ``loss_chunk_tokens`` trained tokens at a time, recomputed in backward, plus the
+      gathered trained hidden states and their gradient;
+    - liger (CUDA): chunks of about b*s / ceil(V / h) tokens whose 16-bit logits take the
+      gradient in place, plus the gathered hidden states and the input gradient liger computes
+      in forward (and, with the lean full recipe, the lm_head's weight gradient).
+    """
+    tokens, vocab, h = settings.batch_size * settings.seq_len, info.vocab_size, info.hidden_size
+    per_value = f"{p.logits} B logits + 4 B fp32 log-softmax + 4 B its gradient"
+    impl = settings.loss_impl
+    if impl == "full_logits":
+        detail = f"full logits: b*s*V = {_count(tokens * vocab)} x ({per_value})"
+        return MemoryTerm("logits and loss", tokens * vocab * (p.logits + 8), detail)
+    if impl == "liger" and settings.device == "cuda":
+        per_chunk = math.ceil(tokens / math.ceil(vocab / max(h, 1)))
+        chunk = min(1 << max(per_chunk - 1, 0).bit_length(), tokens)  # next power of two
+        grads = 2 * tokens * h * p.act
+        detail = (
+            f"liger fused linear cross-entropy: chunks of {chunk:,} tokens x V={vocab:,} x "
+            f"{p.act} B logits (gradient in place) + the gathered trained hidden states and "
+            f"their gradient (computed in forward) 2 x b*s*h x {p.act} B"
+        )
+        if step_in_backward(settings, method):
+            grads += vocab * h * p.base
+            detail += f" + the lm_head weight gradient (V*h x {p.base:g} B) computed in forward"
+        return MemoryTerm("logits and loss", chunk * vocab * p.act + grads, detail)
+    chunk = min(settings.loss_chunk_tokens, tokens)
+    hidden = 2 * tokens * h * p.act
+    # lean_loss's cross-entropy keeps one fp32 chunk x V buffer and turns it into its gradient
+    # in place; logsumexp's exp(x - max) is a second one while it runs (the 16-bit logits it is
+    # cast from are freed by then). Measured on the CPU: 8.4 B per value at 1,024 tokens
+    per_chunk_value = 8
+    detail = (
+        f"chunked: {chunk:,} trained tokens x V={vocab:,} x (4 B fp32 logits + 4 B logsumexp "
+        f"temporary; the gradient is made in place), recomputed in backward, + the trained "
+        f"hidden states and their gradient 2 x b*s*h x {p.act} B"
+    )
+    if impl in ("auto", "liger"):
+        detail += " (liger's fused kernel, where installed on CUDA, needs less)"
+    return MemoryTerm("logits and loss", chunk * vocab * per_chunk_value + hidden, detail)
 
 
 def _count(n: float) -> str:
@@ -347,7 +469,8 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodE
 
     On cuda the figure is GPU memory (what ``torch.cuda.max_memory_reserved`` plus the CUDA
     context shows); on cpu it is process memory (RSS), so a framework baseline replaces the
-    CUDA context. Raises ValueError for an unknown method, optimizer or compute dtype.
+    CUDA context. Paged optimizer states on a GPU are listed in ``cpu_terms``, outside the
+    total. Raises ValueError for an unknown method, optimizer or compute dtype.
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
@@ -361,7 +484,12 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodE
     trainable = total if method == "full" else lora + dora
     terms: list[MemoryTerm] = []
 
-    if method == "full":
+    lean = step_in_backward(settings, method)
+    if lean:
+        how = "bf16, no fp32 master copy" if p.base == 2 else "fp32, stepped in backward"
+        detail = f"weights in {how} (lean recipe): {p.base:g} B x {_count(total)} params"
+        terms.append(MemoryTerm("weights", int(p.base * total), detail))
+    elif method == "full":
         terms.append(
             MemoryTerm("weights", 4 * total, f"fp32 master weights: 4 B x {_count(total)} params")
         )
@@ -383,11 +511,13 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodE
         )
         terms.append(MemoryTerm("quantization constants", int(quantized * (bits - 4) / 8), detail))
         rest = total - quantized
-        detail = (
-            f"embeddings, norms, lm_head, biases upcast to fp32 by "
-            f"prepare_model_for_kbit_training: 4 B x {_count(rest)} params"
+        how = (
+            "kept in the 16-bit compute dtype on the GPU"
+            if p.frozen == 2
+            else "in fp32 (the CPU computes in fp32)"
         )
-        terms.append(MemoryTerm("16-bit layers", 4 * rest, detail))
+        detail = f"embeddings, norms, lm_head, biases {how}: {p.frozen} B x {_count(rest)} params"
+        terms.append(MemoryTerm("16-bit layers", p.frozen * rest, detail))
     if method != "full":
         detail = f"peft adapters in fp32: 4 B x {_count(lora)} params (r={settings.lora_r})"
         if dora:
@@ -398,18 +528,20 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodE
         detail = "autocast's 16-bit copy of each linear weight (saved for backward): 2 B x "
         detail += f"{_count(linear)} params"
         terms.append(MemoryTerm("autocast weight copies", 2 * linear, detail))
-    terms.append(
-        MemoryTerm("gradients", 4 * trainable, f"fp32: 4 B x {_count(trainable)} trainable params")
-    )
-    terms.append(_optimizer_term(info, settings, method))
+    if lean:
+        largest = max(n for n, _ in _tensor_sizes(info, settings, method))
+        detail = (
+            f"one at a time: the optimizer steps each parameter in backward and frees its "
+            f"gradient; the largest tensor's, {p.base:g} B x {_count(largest)} values"
+        )
+        terms.append(MemoryTerm("gradients", int(p.base * largest), detail))
+    else:
+        detail = f"fp32: 4 B x {_count(trainable)} trainable params"
+        terms.append(MemoryTerm("gradients", 4 * trainable, detail))
+    optimizer, paged = _optimizer_terms(info, settings, method)
+    terms.append(optimizer)
     terms.append(_activations_term(info, settings, method, p))
-
-    logits = tokens * info.vocab_size * (p.logits + 8)
-    detail = (
-        f"b*s*V = {_count(tokens * info.vocab_size)} x ({p.logits} B logits + 4 B fp32 "
-        f"log-softmax + 4 B its gradient)"
-    )
-    terms.append(MemoryTerm("logits and loss", logits, detail))
+    terms.append(_loss_term(info, settings, method, p))
     if method == "qlora" and info.linear_layers:
         largest = max(info.linear_layers, key=lambda g: g.in_features * g.out_features)
         weight = largest.in_features * largest.out_features * p.act
@@ -436,7 +568,8 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodE
     for term in terms:
         term.bytes = int(term.bytes)
     dominant = max(terms, key=lambda t: t.bytes).name
-    return MethodEstimate(method, terms, sum(t.bytes for t in terms), trainable, dominant)
+    total_bytes = sum(t.bytes for t in terms)
+    return MethodEstimate(method, terms, total_bytes, trainable, dominant, [paged] if paged else [])
 
 
 def _activations_term(

@@ -54,12 +54,52 @@ def test_8b_from_config_json_alone_orders_full_lora_qlora(llama_8b_config_only):
         t["name"] for t in report["methods"]["qlora"]["estimate"]["terms"]
     ]
     verdicts = {m: e["verdict"]["status"] for m, e in report["methods"].items()}
-    assert verdicts["full"] == "does not fit" and verdicts["qlora"] in ("fits", "tight")
-    assert report["methods"]["full"]["verdict"]["advice"]
+    # the lean full recipe (bf16 weights, step in backward, paged states in CPU RAM) fits
+    assert verdicts == {"full": "fits", "lora": "fits", "qlora": "fits"}
+    paged = report["methods"]["full"]["estimate"]["cpu_terms"]
+    assert [t["name"] for t in paged] == ["optimizer states (paged)"]
+
+
+def test_llama31_8b_at_torchtunes_settings_pins_the_totals(llama_8b_config_only):
+    """Batch 2 x 2048, r=16, checkpointing, paged 8-bit AdamW on an RTX 4090: the README's
+    figures next to torchtune's measured 7.4 (QLoRA), 16.2 (LoRA) and 18.9 GiB (full)."""
+    args = ("--batch-size", "2", "--seq-len", "2048", "--gpu", "RTX 4090", "--json")
+    result = estimate(llama_8b_config_only, *args)
+    assert result.returncode == 0, result.stderr
+    methods = json.loads(result.stdout)["methods"]
+    totals = {m: round(e["estimate"]["total_bytes"] / 2**30, 2) for m, e in methods.items()}
+    assert totals == {"full": 22.52, "lora": 20.7, "qlora": 10.33}
+    in_ram = {m: sum(t["bytes"] for t in e["estimate"]["cpu_terms"]) for m, e in methods.items()}
+    assert round(in_ram["full"] / 2**30, 2) == 14.96  # paged 8-bit Adam states, CPU RAM
+    assert {m: e["verdict"]["status"] for m, e in methods.items()} == {
+        "full": "tight",
+        "lora": "fits",
+        "qlora": "fits",
+    }
+    loss = next(t for t in methods["qlora"]["estimate"]["terms"] if t["name"] == "logits and loss")
+    assert loss["detail"].startswith("chunked: 1,024 trained tokens x V=128,256")
+
+
+def test_auto_fit_choice_is_printed_when_the_config_asks(llama_8b_config_only, tmp_path):
+    config = tmp_path / "fit.yaml"
+    config.write_text(
+        "method: qlora\ndata: {path: rows.jsonl, max_length: 2048}\n"
+        "train: {batch_size: 8, fit: auto}\n"
+    )
+    result = estimate(llama_8b_config_only, "--config", config, "--gpu", "11GB")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "auto-fit (train.fit: auto): micro-batch 1 x grad_accum 8 keeps the effective batch of 8"
+    ) in result.stdout
+    assert "full fine-tuning does not fit 11.0 GB" in result.stdout and "to fit: " in result.stdout
+    result = estimate(llama_8b_config_only, "--config", config, "--gpu", "cpu", "--json")
+    assert result.returncode == 0, result.stderr
+    fit = json.loads(result.stdout)["methods"]["qlora"]["auto_fit"]
+    assert fit["reason"] == "the CPU has no GPU memory to fit against: the settings are kept"
 
 
 def test_readable_table_shows_terms_gpu_and_verdict(llama_8b_config_only):
-    result = estimate(llama_8b_config_only, "--gpu", "24GB")
+    result = estimate(llama_8b_config_only, "--gpu", "16GB")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for text in (
@@ -69,8 +109,9 @@ def test_readable_table_shows_terms_gpu_and_verdict(llama_8b_config_only):
         "quantization constants",
         "total",
         "verdict: DOES NOT FIT",
-        "24.00 GB total",
+        "16.00 GB total",
         "largest batch that fits",
+        "in CPU RAM: optimizer states (paged)",
     ):
         assert text in out, text
 

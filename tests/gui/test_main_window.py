@@ -49,6 +49,20 @@ def test_window_has_every_step_and_three_estimates(qtbot, tmp_path, tiny_models)
     html = memory.details.toHtml()
     assert "QLoRA" in html and "Largest term" in html
     assert window.sidebar.item(0).text().startswith("✓")  # the model step is complete
+    assert memory.fit_line.isHidden()  # train.fit is off
+
+
+def test_memory_page_shows_what_auto_fit_would_choose(qtbot, tmp_path, tiny_models):
+    cfg = tiny_config(tiny_models, tmp_path)
+    cfg.train.fit = "auto"
+    window = make_window(qtbot, tmp_path, cfg)
+    qtbot.waitUntil(lambda: window.state.model_info is not None, timeout=60_000)
+    window.go_to("Memory")
+    memory = window.page("Memory")
+    qtbot.waitUntil(lambda: "Auto-fit" in memory.fit_line.text(), timeout=30_000)
+    assert not memory.fit_line.isHidden()
+    batch = cfg.train.batch_size * cfg.train.grad_accum
+    assert f"keeps the effective batch of {batch}" in memory.fit_line.text()
 
 
 def test_settings_page_round_trips_and_shows_the_cli(qtbot, tmp_path, tiny_models):

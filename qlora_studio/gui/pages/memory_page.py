@@ -53,6 +53,9 @@ class MemoryPage(Page):
         self.gpu_line = QLabel("")
         self.gpu_line.setWordWrap(True)
         self.layout_.addWidget(self.gpu_line)
+        self.fit_line = QLabel("")  # what train.fit: auto would choose for this GPU
+        self.fit_line.setWordWrap(True)
+        self.layout_.addWidget(self.fit_line)
 
         self.plot = pg.PlotWidget(background="w")
         self.plot.setMinimumHeight(300)
@@ -125,9 +128,23 @@ class MemoryPage(Page):
         self.verdicts = {
             m: judge(e, info, settings, gpu.free_bytes) for m, e in self.estimates.items()
         }
+        self._show_auto_fit(info, gpu)
         self._draw(gpu)
         self._describe(settings)
         self.changed.emit()
+
+    def _show_auto_fit(self, info, gpu) -> None:
+        from qlora_studio.core.fit import auto_fit
+
+        cfg = self.state.cfg
+        self.fit_line.setVisible(cfg.train.fit == "auto")
+        if cfg.train.fit != "auto":
+            return
+        choice = auto_fit(info, cfg, gpu.free_bytes)
+        text = f"<b>Auto-fit</b> ({NAMES[cfg.method]}): {choice.reason}"
+        if not choice.fits:
+            text = f"<span style='color:#b00020'>{text}</span>. To fit: {choice.hint}"
+        self.fit_line.setText(text)
 
     def _draw(self, gpu) -> None:
         self.plot.clear()
@@ -198,6 +215,11 @@ class MemoryPage(Page):
                 f"<tr><td>{t.name}</td><td align='right'>{t.bytes / GIB:.2f} GB</td>"
                 f"<td>{t.detail}</td></tr>"
                 for t in estimate.terms
+            )
+            rows += "".join(  # paged optimizer states: CPU RAM, outside the GPU total
+                f"<tr><td>{t.name}, in CPU RAM</td><td align='right'>{t.bytes / GIB:.2f} GB</td>"
+                f"<td>{t.detail}</td></tr>"
+                for t in estimate.cpu_terms
             )
             parts.append(f"<table cellspacing='4'>{rows}</table>")
         self.details.setHtml("".join(parts))
