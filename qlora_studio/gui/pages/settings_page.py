@@ -36,6 +36,8 @@ CHOICES = {
     ("train", "scheduler"): C.SCHEDULERS,
     ("train", "device"): ("auto", "cuda", "cpu"),
     ("train", "full_recipe"): C.FULL_RECIPES,
+    ("train", "loss_impl"): C.LOSS_IMPLS,
+    ("train", "fit"): C.FIT_MODES,
 }
 MEMORY_NOTES = {
     "r": "LoRA memory grows linearly with r: r x (d_in + d_out) fp32 parameters per layer, "
@@ -50,6 +52,12 @@ MEMORY_NOTES = {
     "full_recipe": "lean keeps 2 B of bf16 weights per parameter on a GPU and one parameter's "
     "gradient at a time (mixed: 4 B fp32 weights + 4 B gradients each), but gives up clipping "
     "across all parameters and gradient accumulation.",
+    "loss_impl": "full_logits keeps batch x length x vocabulary logits in fp32 (GBs with a 128k+ "
+    "vocabulary); chunked keeps one chunk of trained tokens x vocabulary at a time.",
+    "loss_chunk_tokens": "The loss keeps about 8 B x chunk x vocabulary at once (1,024 tokens x "
+    "128k vocabulary = 1 GB): halve it to halve that term.",
+    "fit": "auto shrinks the micro-batch (raising grad_accum to keep the effective batch) and "
+    "turns checkpointing on until the estimate fits the GPU.",
 }
 PRESETS = {
     "Fastest": {
@@ -65,12 +73,39 @@ PRESETS = {
         "train": {"gradient_checkpointing": True, "optimizer": "paged_adamw_32bit", "lr": 1e-4},
     },
 }
+# (config section, group title, its fields; None = the section's fields no other group lists),
+# in two columns: left, right, left, ...
 SECTIONS = (
-    ("lora", "LoRA adapter"),
-    ("quant", "4-bit quantization (QLoRA)"),
-    ("train", "Training"),
-    ("output", "Output"),
+    ("lora", "LoRA adapter", None),
+    ("quant", "4-bit quantization (QLoRA)", None),
+    ("train", "Training", None),
+    (
+        "train",
+        "Memory and speed",
+        (
+            "gradient_checkpointing",
+            "fit",
+            "loss_impl",
+            "loss_chunk_tokens",
+            "full_recipe",
+            "device",
+        ),
+    ),
+    ("output", "Output", None),
+    (
+        "train",
+        "Logging and checkpoints",
+        ("logging_steps", "eval_steps", "save_steps", "save_total_limit"),
+    ),
 )
+
+
+def _group_fields(section: str, names: tuple[str, ...] | None) -> list[dataclasses.Field]:
+    fields = dataclasses.fields(C.SECTIONS[section])
+    if names is not None:
+        return [f for name in names for f in fields if f.name == name]
+    listed = {n for s, _, group in SECTIONS if s == section and group for n in group}
+    return [f for f in fields if f.name not in listed]
 
 
 def _tooltip(section: str, name: str) -> str:
@@ -125,15 +160,14 @@ class SettingsPage(Page):
         grid = QHBoxLayout()
         left, right = QVBoxLayout(), QVBoxLayout()
         self.groups: dict[str, QGroupBox] = {}
-        for i, (section, label) in enumerate(SECTIONS):
+        for i, (section, label, names) in enumerate(SECTIONS):
             box = QGroupBox(label)
             form = QFormLayout(box)
-            cls = C.SECTIONS[section]
-            for f in dataclasses.fields(cls):
+            for f in _group_fields(section, names):
                 editor = self._editor(section, f)
                 form.addRow(f.name.replace("_", " "), editor)
                 self.editors[(section, f.name)] = editor
-            self.groups[section] = box
+            self.groups.setdefault(section, box)  # the section's first group
             (left if i % 2 == 0 else right).addWidget(box)
         left.addStretch(1)
         right.addStretch(1)
