@@ -88,7 +88,9 @@ def run_probe(cfg: RunConfig, *, steps: int = 2, reporter: Reporter | None = Non
     cfg.data.validation_split = 0.0
     cfg.data.eval_path = ""
     with tempfile.TemporaryDirectory(prefix="qlora-probe-") as tmp, _PeakRss() as rss:
-        recipe = FineTuneRecipe(cfg, reporter=reporter, run_dir=Path(tmp) / "probe")
+        recipe = FineTuneRecipe(
+            cfg, reporter=reporter, run_dir=Path(tmp) / "probe", record_history=False
+        )
         recipe.setup()
         batch = longest_rows(recipe.prepared.train, cfg.train.batch_size)
         recipe.prepared.train = batch * steps  # exactly `steps` batches, each the longest

@@ -159,8 +159,10 @@ class FineTuneRecipe:
         cancel: threading.Event | None = None,
         run_dir: Path | None = None,
         resume: bool = False,
+        record_history: bool = True,
     ):
         self.cfg = cfg.validate()
+        self.record_history = record_history  # off for the probe: two steps are not a run
         self.screen = reporter or NullReporter()
         self.reporter: Reporter = self.screen
         self.cancel = cancel or threading.Event()
@@ -356,9 +358,12 @@ class FineTuneRecipe:
             self.cfg.save(self.run_dir / CONFIG_FILE)
         self._events_file = open(self.run_dir / EVENTS_FILE, "a", encoding="utf-8")  # noqa: SIM115
         to_screen_and_file = TeeReporter(self.screen, JsonLinesReporter(self._events_file))
-        self.recorder = self._start_recorder(warn=to_screen_and_file)
-        # the history first: when the screen (the GUI) sees 'done', the row already says so
-        self.reporter = TeeReporter(self.recorder, to_screen_and_file)
+        if not self.record_history:
+            self.reporter = to_screen_and_file
+        else:
+            self.recorder = self._start_recorder(warn=to_screen_and_file)
+            # the history first: when the screen (the GUI) sees 'done', the row already says so
+            self.reporter = TeeReporter(self.recorder, to_screen_and_file)
         self._status(f"Run folder: {self.run_dir}")
 
     def _start_recorder(self, warn: Reporter):

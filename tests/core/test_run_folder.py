@@ -439,3 +439,13 @@ def test_an_override_error_names_the_override(tiny_models, tmp_path):
     resumed = run_cli("resume", result.run_dir, "--set", "train.batch_size=0")
     assert resumed.returncode == 1 and "Traceback" not in resumed.stderr
     assert "Config error in --set train.batch_size=0: train.batch_size" in resumed.stderr
+
+
+def test_a_probe_leaves_no_row_in_the_run_history(tiny_models, data_dir, tmp_path):
+    from qlora_studio.core.probe import run_probe
+
+    cfg = make_config(tiny_models["llama"], tmp_path, "lora", max_steps=2)
+    result = run_probe(cfg)
+    assert result.steps == 2 and result.peak_bytes > 0
+    with RunHistory.open() as history:
+        assert history.list_runs() == []  # it used to stay 'running', then show as crashed
