@@ -157,14 +157,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt's name)
         train = self.page("Train")
         if train.is_running():
-            answer = QMessageBox.question(
-                self,
-                "Training is running",
-                "A training run is in progress. Stop it (a checkpoint is saved) and quit?",
-                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                QMessageBox.StandardButton.No,
-            )
-            if answer != QMessageBox.StandardButton.Yes:
+            if not self.confirm_quit_while_training():
                 event.ignore()
                 return
             train.stop_for_exit()
@@ -174,6 +167,18 @@ class MainWindow(QMainWindow):
         self.state.settings.setValue("window/geometry", self.saveGeometry())
         self._wait_for_workers()
         event.accept()
+
+    def confirm_quit_while_training(self) -> bool:
+        """Ask before quitting during a run. Tests replace it with an answer: nothing answers a
+        modal question under pytest-qt, and a teardown that opened one would hang the suite."""
+        answer = QMessageBox.question(
+            self,
+            "Training is running",
+            "A training run is in progress. Stop it (a checkpoint is saved) and quit?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
 
     def _wait_for_workers(self, timeout_s: float = 120.0) -> None:
         """Let running jobs (a model inspection, a dataset analysis, an export) end before the

@@ -21,6 +21,8 @@ STEPS = ["Model", "Dataset", "Settings", "Memory", "Train", "Compare", "Export",
 def make_window(qtbot, tmp_path, cfg) -> MainWindow:
     settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
     window = MainWindow(StudioState(cfg, settings=settings))
+    # a teardown that closes the window mid-run stops the run instead of asking (and hanging)
+    window.confirm_quit_while_training = lambda: True
     qtbot.addWidget(window)
     window.show()
     return window
