@@ -39,6 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "tests"))  # tiny_models.build_tokenizer: a real tokenizer, offline
 
+from memory_accuracy import text_rows  # noqa: E402  (the same rows the CPU benchmark probes)
+
 GIB = 1024**3
 METHODS = {  # label -> (method, train.full_recipe)
     "full-lean": ("full", "lean"),
@@ -68,10 +70,6 @@ TINY_LLAMA = dict(  # --smoke: the same steps, in seconds on a CPU
     max_position_embeddings=512,
     tie_word_embeddings=True,
 )
-WORDS = (
-    "date march april convert format year month day the of to and a in on with for "
-    "meeting posted calendar shared please confirm moved team admin"
-).split()
 NO_GPU = (
     "gpu_check: no CUDA GPU here (torch {torch}: torch.cuda.is_available() is False), so "
     "nothing was measured. Run it on a machine with an NVIDIA GPU (README.md, 'GPU check'), "
@@ -119,15 +117,10 @@ def build_llama(folder: Path, shape: dict) -> Path:
     return folder
 
 
-def text_rows(path: Path, n_rows: int, seq: int) -> Path:
+def seq_rows(path: Path, n_rows: int, seq: int) -> Path:
     """Raw-text rows of at least ``seq`` tokens for any tokenizer (every word is one or more),
     so each row is truncated at exactly ``seq``."""
-    lines = []
-    for i in range(n_rows):
-        words = [WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(seq + 8)]
-        lines.append(json.dumps({"text": " ".join(words)}))
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return text_rows(path, n_rows, seq + 8)
 
 
 def make_config(
@@ -274,7 +267,7 @@ def check_training(outcome: Outcome, model: ModelUnderTest, work: Path, args, en
     """QLoRA training steps with the chunked and the fused (liger) loss."""
     seq = model.seq_lens[-1]
     steps = 5 if args.smoke else 10
-    data = text_rows(work / f"train-{seq}.jsonl", steps * model.batch, seq)
+    data = seq_rows(work / f"train-{seq}.jsonl", steps * model.batch, seq)
     if not env["bitsandbytes"]:
         outcome.problems.append("bitsandbytes is not installed: QLoRA was not checked")
         print("QLoRA training: skipped (bitsandbytes is not installed)")
@@ -361,7 +354,7 @@ def check_peaks(outcome: Outcome, models: list[ModelUnderTest], work: Path, args
     rows = outcome.data.setdefault("peaks", [])
     for model in models:
         for seq in model.seq_lens:
-            data = text_rows(work / f"{model.label}-{seq}.jsonl".replace(" ", "_"), 8, seq)
+            data = seq_rows(work / f"{model.label}-{seq}.jsonl".replace(" ", "_"), 8, seq)
             for label in args.methods:
                 row = {"model": model.label, "method": label, "batch": model.batch, "seq": seq}
                 rows.append(row)

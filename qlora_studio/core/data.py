@@ -418,6 +418,11 @@ def _say(reporter: Any, message: str) -> None:
         reporter.emit(make_event("status", message=message))
 
 
+def _has_trained_token(row: dict) -> bool:
+    """Whether truncation left the row a token to learn (a label other than -100)."""
+    return any(label != -100 for label in row["labels"])
+
+
 def prepare_dataset(
     data_cfg: Any, tokenizer: Any, *, model_type: str = "", seed: int = 42, reporter: Any = None
 ) -> PreparedDataset:
@@ -477,8 +482,8 @@ def prepare_dataset(
         )
     # a row truncated before its answer teaches nothing, and a batch made only of such rows
     # has no label at all (NaN loss): such rows are counted in the stats but not trained on
-    learnable = [r for r in train_rows if any(label != -100 for label in r["labels"])]
-    learnable_eval = [r for r in eval_rows if any(label != -100 for label in r["labels"])]
+    learnable = [r for r in train_rows if _has_trained_token(r)]
+    learnable_eval = [r for r in eval_rows if _has_trained_token(r)]
     skipped = len(train_rows) - len(learnable) + len(eval_rows) - len(learnable_eval)
     train_rows, eval_rows = learnable, learnable_eval
     stats.train_rows, stats.eval_rows, stats.skipped_rows = len(train_rows), len(eval_rows), skipped
@@ -591,7 +596,7 @@ def inspect_data(
             "max_length, shorten the prompts, or train on all tokens"
         )
     else:
-        unlearnable = sum(1 for r in rows if not any(label != -100 for label in r["labels"]))
+        unlearnable = sum(1 for r in rows if not _has_trained_token(r))
         if unlearnable:
             warnings.append(
                 f"{unlearnable} of {len(rows)} rows lose their whole answer to truncation at "

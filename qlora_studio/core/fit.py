@@ -364,7 +364,11 @@ def fit_before_loading(
         report("Memory check skipped: NVML cannot read the GPU's memory (nvidia-ml-py)")
         return cfg
     try:
-        info = inspect_model(model_dir, trust_remote_code=cfg.model.trust_remote_code)
+        info = inspect_model(
+            model_dir,
+            allow_pickle=cfg.model.allow_pickle,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
     except StudioError as exc:
         report(f"Memory check skipped: the model could not be inspected ({exc.message})")
         return cfg
