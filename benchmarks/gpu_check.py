@@ -216,7 +216,7 @@ def train_child(config_path: Path) -> dict:
 
     from qlora_studio.config import RunConfig
     from qlora_studio.core.events import CollectingReporter
-    from qlora_studio.core.training import FineTuneRecipe
+    from qlora_studio.core.training.recipe import FineTuneRecipe
 
     cfg = RunConfig.load(config_path)
     reporter = CollectingReporter()
@@ -511,7 +511,7 @@ def main(argv=None) -> int:
             models.append(ModelUnderTest(label, str(folder), 2, seqs))
             check_training(outcome, models[0], work, args, env)
         if "demo" in args.models:
-            from qlora_studio.core.models import is_demo_available, resolve_model
+            from qlora_studio.core.models.sources import is_demo_available, resolve_model
 
             if is_demo_available():
                 resolve_model("demo")  # converted once, here, before the runs are timed

@@ -56,8 +56,9 @@ def uniform_rows(model: str, n_rows: int, folder: Path) -> Path:
     same shape whatever order each side draws them in (no padding differences to measure)."""
     from collections import Counter
 
-    from qlora_studio.core.data import load_examples, resolve_chat_template, tokenize_example
-    from qlora_studio.core.models import load_tokenizer, resolve_model
+    from qlora_studio.core.data.rows import load_examples
+    from qlora_studio.core.data.templates import resolve_chat_template, tokenize_example
+    from qlora_studio.core.models.sources import load_tokenizer, resolve_model
 
     source = REPO / "resources" / "datasets" / "dates-train.jsonl"
     model_dir = resolve_model(model)
@@ -78,7 +79,7 @@ def uniform_rows(model: str, n_rows: int, folder: Path) -> Path:
 
 
 def run_engine(cfg: RunConfig, warmup: int) -> dict:
-    from qlora_studio.core.training import run_training
+    from qlora_studio.core.training.run import run_training
 
     reporter = CollectingReporter()
     run_training(cfg, reporter=reporter)
@@ -101,12 +102,12 @@ def run_plain(cfg: RunConfig, warmup: int) -> dict:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, get_scheduler
 
-    from qlora_studio.core.data import PaddingCollator, prepare_dataset
-    from qlora_studio.core.models import load_tokenizer, resolve_model
-    from qlora_studio.core.training import _torch_dtype, compute_dtype_name, pick_device
+    from qlora_studio.core.data.prepare import PaddingCollator, prepare_dataset
+    from qlora_studio.core.models.loading import compute_dtype_name, pick_device, torch_dtype
+    from qlora_studio.core.models.sources import load_tokenizer, resolve_model
 
     device = pick_device(cfg.train.device)
-    compute = _torch_dtype(compute_dtype_name(cfg.quant.compute_dtype, device))
+    compute = torch_dtype(compute_dtype_name(cfg.quant.compute_dtype, device))
     model_dir = resolve_model(cfg.model.source)
     tokenizer = load_tokenizer(model_dir)
     model_type = json.loads((model_dir / "config.json").read_text()).get("model_type", "")

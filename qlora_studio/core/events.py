@@ -101,6 +101,35 @@ class Reporter(Protocol):
     def emit(self, event: dict[str, Any]) -> None: ...
 
 
+def say(reporter: Reporter | None, message: str, **fields: Any) -> None:
+    """Send a status line (with optional extra fields) to ``reporter``, if there is one."""
+    if reporter is not None:
+        reporter.emit(make_event("status", message=message, **fields))
+
+
+GB = 1024**3  # GPU memory is sold in binary gigabytes: a "24 GB" card holds 24 GiB
+
+
+def format_gb(n_bytes: float, digits: int = 2) -> str:
+    """Bytes as binary gigabytes, the unit GPU memory is sold in (2**31 -> "2.00 GB")."""
+    return f"{n_bytes / GB:.{digits}f} GB"
+
+
+def format_mb(n_bytes: float) -> str:
+    """Bytes as decimal megabytes, as download sizes are shown."""
+    return f"{n_bytes / 1e6:,.0f} MB"
+
+
+def format_duration(seconds: float | None) -> str:
+    """``75 -> "1:15"``, ``3725 -> "1:02:05"``; ``None -> "?"``."""
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
 class NullReporter:
     def emit(self, event: dict[str, Any]) -> None:
         pass
@@ -146,15 +175,6 @@ class TeeReporter:
             reporter.emit(event)
 
 
-def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 class TextReporter:
     """Human-readable lines for a terminal: step, loss, tokens/s, ETA."""
 
@@ -185,7 +205,7 @@ class TextReporter:
                 parts.append(f"lr {event['lr']:.2e}")
             if p:
                 parts.append(f"{p.get('tokens_per_s', 0):.0f} tok/s")
-                parts.append(f"ETA {_fmt_duration(p.get('eta_s'))}")
+                parts.append(f"ETA {format_duration(p.get('eta_s'))}")
             self._write("  ".join(parts))
         elif kind == "checkpoint":
             self._write(f"• checkpoint at step {event['step']}: {event['path']}")

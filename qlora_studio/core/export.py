@@ -201,7 +201,7 @@ def export_run(
 ) -> Path:
     """Export a finished or stopped run: a copy of its adapter (or full model), or with
     ``merge`` the base model with the adapter merged in, in 16-bit, on the CPU."""
-    from qlora_studio.core.training import trained_output
+    from qlora_studio.core.run_folder import trained_output
 
     reporter = reporter or NullReporter()
     run_dir = Path(run_dir)
@@ -224,8 +224,8 @@ def _export_merged(cfg: RunConfig, adapter_dir: Path, dest: Path, reporter: Repo
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qlora_studio.core.models import resolve_model
-    from qlora_studio.core.templates import stop_token_ids
+    from qlora_studio.core.data.templates import stop_token_ids
+    from qlora_studio.core.models.sources import resolve_model
 
     if dest.exists():
         raise ExportError(f"{dest} already exists", "choose another folder with --out")

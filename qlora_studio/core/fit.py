@@ -10,22 +10,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qlora_studio.core.events import format_gb
 from qlora_studio.core.memory import (
-    _STORED_BYTES,
     DEFAULT_SHARD_BYTES,
     FIT_SHARE,
     MERGE_MARGIN,
     METHODS,
+    STORED_BYTES,
     MethodEstimate,
     Settings,
-    _count,
-    _gb,
-    _precision,
     estimate_memory,
+    format_count,
     lora_trainable_params,
+    precision,
     step_in_backward,
 )
-from qlora_studio.core.models import ModelInfo
+from qlora_studio.core.models.inspect import ModelInfo
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -141,32 +141,36 @@ def _advice(
     options: list[tuple[int, str]] = []
     if not settings.gradient_checkpointing:
         saved = needed - needs(gradient_checkpointing=True)
-        options.append((saved, f"turn on gradient checkpointing (saves ~{_gb(saved)})"))
+        options.append((saved, f"turn on gradient checkpointing (saves ~{format_gb(saved, 1)})"))
     if settings.loss_impl == "full_logits":
         saved = needed - needs(loss_impl="chunked")
-        options.append((saved, f"set train.loss_impl to chunked (saves ~{_gb(saved)})"))
+        options.append((saved, f"set train.loss_impl to chunked (saves ~{format_gb(saved, 1)})"))
     if method == "full" and settings.full_recipe != "lean":
         saved = needed - needs(full_recipe="lean")
-        options.append((saved, f"set train.full_recipe to lean (saves ~{_gb(saved)})"))
+        options.append((saved, f"set train.full_recipe to lean (saves ~{format_gb(saved, 1)})"))
     if settings.optimizer not in ("paged_adamw_8bit", "sgd"):
         saved = needed - needs(optimizer="paged_adamw_8bit")
-        options.append((saved, f"switch optimizer to paged_adamw_8bit (saves ~{_gb(saved)})"))
+        options.append(
+            (saved, f"switch optimizer to paged_adamw_8bit (saves ~{format_gb(saved, 1)})")
+        )
     if method != "full" and settings.lora_r > 8:
         saved = needed - needs(lora_r=8)
-        options.append((saved, f"lower lora.r to 8 (saves ~{_gb(saved)})"))
+        options.append((saved, f"lower lora.r to 8 (saves ~{format_gb(saved, 1)})"))
     if method == "qlora" and not settings.double_quant:
         saved = needed - needs(double_quant=True)
-        options.append((saved, f"turn on quant.double_quant (saves ~{_gb(saved)})"))
+        options.append((saved, f"turn on quant.double_quant (saves ~{format_gb(saved, 1)})"))
     for other in _CHEAPER[method]:
         other_needed = needs(other)
         if other_needed < needed:
-            text = f"use {_METHOD_NAMES[other]} (needs ~{_gb(other_needed)})"
+            text = f"use {_METHOD_NAMES[other]} (needs ~{format_gb(other_needed, 1)})"
             options.append((needed - other_needed, text))
         elif max_batch == 0:  # heavier at this batch, yet it may fit where this method cannot
             batch = _largest_fitting(info, settings, other, budget, "batch_size", 1 << 16)
             if batch:
                 at_batch = needs(other, batch_size=batch)
-                text = f"use {_METHOD_NAMES[other]} at batch {batch} (needs ~{_gb(at_batch)})"
+                text = (
+                    f"use {_METHOD_NAMES[other]} at batch {batch} (needs ~{format_gb(at_batch, 1)})"
+                )
                 options.append((needed - at_batch, text))
     options.sort(key=lambda option: -option[0])
     advice += [text for saved, text in options if saved > 0]
@@ -179,15 +183,16 @@ def _advice(
         )
         advice.append(
             f"the logits dominate: the {info.vocab_size:,}-token vocabulary costs "
-            f"{_gb(logits.bytes)} at batch {settings.batch_size} x {settings.seq_len} tokens; "
-            + fix
+            f"{format_gb(logits.bytes, 1)} at batch "
+            f"{settings.batch_size} x {settings.seq_len} tokens; " + fix
         )
     if max_batch == 0 and max_seq < 64:
         floor = needs(batch_size=1, seq_len=64)
         weights = sum(t.bytes for t in estimate.terms if t.name in _WEIGHT_TERMS)
         advice.append(
-            f"even at batch 1 and 64 tokens {_METHOD_NAMES[method]} needs ~{_gb(floor)} "
-            f"(the weights alone {_gb(weights)}): no batch or sequence length fits this GPU"
+            f"even at batch 1 and 64 tokens {_METHOD_NAMES[method]} needs ~{format_gb(floor, 1)} "
+            f"(the weights alone {format_gb(weights, 1)}): "
+            f"no batch or sequence length fits this GPU"
         )
     return advice
 
@@ -261,9 +266,9 @@ def auto_fit(
             f"gradients: lower train.batch_size (now {effective})",
         )
     reason = (
-        f"{_METHOD_NAMES[method]} does not fit {_gb(available_bytes)}: even micro-batch "
+        f"{_METHOD_NAMES[method]} does not fit {format_gb(available_bytes, 1)}: even micro-batch "
         f"{smallest} x {settings.seq_len} tokens with gradient checkpointing needs "
-        f"~{_gb(estimate.total_bytes)} (largest term: {estimate.dominant})"
+        f"~{format_gb(estimate.total_bytes, 1)} (largest term: {estimate.dominant})"
     )
     return FitChoice(
         fits=False,
@@ -286,7 +291,7 @@ def _explain(
     why = (
         "off, which skips the ~30% recompute"
         if not choice.gradient_checkpointing
-        else f"on (without it even micro-batch {smallest} needs ~{_gb(without)})"
+        else f"on (without it even micro-batch {smallest} needs ~{format_gb(without, 1)})"
     )
     before = (t.batch_size, t.grad_accum, t.gradient_checkpointing)
     after = (choice.batch_size, choice.grad_accum, choice.gradient_checkpointing)
@@ -299,7 +304,7 @@ def _explain(
     choice.reason = (
         f"micro-batch {choice.batch_size} x grad_accum {choice.grad_accum} keeps the effective "
         f"batch of {effective}{was}; gradient checkpointing {why}; needs "
-        f"~{_gb(choice.needed_bytes)} of {_gb(available)}"
+        f"~{format_gb(choice.needed_bytes, 1)} of {format_gb(available, 1)}"
     )
     choice.available_bytes, choice.changed = available, after != before
     return choice
@@ -332,9 +337,10 @@ def fit_config(
     verdict = judge(estimate, info, settings, available_bytes)
     if verdict.status == "does not fit":
         raise TrainingError(
-            f"{_METHOD_NAMES[cfg.method]} needs ~{_gb(estimate.total_bytes)} of GPU memory at "
+            f"{_METHOD_NAMES[cfg.method]} needs ~{format_gb(estimate.total_bytes, 1)} "
+            f"of GPU memory at "
             f"batch {settings.batch_size} x {settings.seq_len} tokens and the GPU has "
-            f"{_gb(available_bytes)} free (largest term: {estimate.dominant})",
+            f"{format_gb(available_bytes, 1)} free (largest term: {estimate.dominant})",
             "; ".join([*verdict.advice, "or set train.fit to auto"]),
         )
     return cfg, ""
@@ -353,7 +359,7 @@ def fit_before_loading(
     and ``cfg`` is returned as it is (auto-fit says so)."""
     from qlora_studio.core.errors import StudioError
     from qlora_studio.core.gpu import nvml_device_memory
-    from qlora_studio.core.models import inspect_model
+    from qlora_studio.core.models.inspect import inspect_model
 
     if device != "cuda":
         if cfg.train.fit == "auto":
@@ -374,7 +380,7 @@ def fit_before_loading(
         return cfg
     cfg, message = fit_config(info, cfg, memory["free"], longest)
     if message:
-        report(f"{message} ({_gb(memory['free'])} free on the GPU)")
+        report(f"{message} ({format_gb(memory['free'], 1)} free on the GPU)")
     return cfg
 
 
@@ -387,10 +393,10 @@ def _largest_shard(info: ModelInfo) -> tuple[int, str]:
     except OSError:
         sizes = []
     if sizes:
-        return max(sizes), f"largest shard on disk {_gb(max(sizes))}"
-    stored = _STORED_BYTES.get(info.torch_dtype, 2) * info.params_total
+        return max(sizes), f"largest shard on disk {format_gb(max(sizes), 1)}"
+    stored = STORED_BYTES.get(info.torch_dtype, 2) * info.params_total
     shard = min(stored, DEFAULT_SHARD_BYTES)
-    return shard, f"no weights here: assumed shard {_gb(shard)}"
+    return shard, f"no weights here: assumed shard {format_gb(shard, 1)}"
 
 
 def system_ram_needed(
@@ -415,10 +421,10 @@ def system_ram_needed(
         load = shard
         load_detail = f"weights stream to the GPU and are quantized there: {shard_how}"
     else:
-        per_param = _precision(settings, method).base  # lean full: bf16 on a GPU
+        per_param = precision(settings, method).base  # lean full: bf16 on a GPU
         load = int(per_param * params) + shard
         load_detail = (
-            f"model built on the CPU at {per_param:g} B x {_count(params)} before moving to "
+            f"model built on the CPU at {per_param:g} B x {format_count(params)} before moving to "
             f"the GPU, + {shard_how}"
         )
     if method == "full":
@@ -427,7 +433,7 @@ def system_ram_needed(
         adapter = lora_trainable_params(info, settings.lora_r, settings.lora_targets)
         merge = int(MERGE_MARGIN * (2 * params + 4 * adapter)) + shard
         merge_detail = (
-            f"bf16 base 2 B x {_count(params)} + fp32 adapter 4 B x {_count(adapter)}, "
-            f"+10%, + one shard being written ({_gb(shard)})"
+            f"bf16 base 2 B x {format_count(params)} + fp32 adapter 4 B x {format_count(adapter)}, "
+            f"+10%, + one shard being written ({format_gb(shard, 1)})"
         )
     return {"load": load, "merge": merge, "load_detail": load_detail, "merge_detail": merge_detail}

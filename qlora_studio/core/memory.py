@@ -48,12 +48,13 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from qlora_studio.core.events import GB, format_gb
+
 if TYPE_CHECKING:
     from qlora_studio.config import RunConfig
-    from qlora_studio.core.models import LinearLayer, ModelInfo
+    from qlora_studio.core.models.inspect import LinearLayer, ModelInfo
 
 METHODS = ("full", "lora", "qlora")
-GB = 1024**3  # GPU memory is sold in binary gigabytes: a "24 GB" card holds 24 GiB
 MB = 1024**2
 
 QUANT_BLOCKSIZE = 64  # bitsandbytes quantize_4bit default
@@ -74,7 +75,7 @@ MERGE_MARGIN = 1.1
 EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
 ADAM_OPTIMIZERS = ("adamw_torch", "paged_adamw_32bit", *EIGHT_BIT_OPTIMIZERS)
 _DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-_STORED_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
+STORED_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
 # Linears whose input is the same tensor: without autocast they save it once between them.
 _SHARED_INPUTS = ({"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"})
 _GATED_LEAVES = {"gate_proj", "gate_up_proj", "w1", "w3"}
@@ -234,7 +235,7 @@ def lean_full(settings: Settings) -> bool:
     return gpu and step_in_backward(settings, "full") and settings.compute_dtype in ("bf16", "auto")
 
 
-def _precision(settings: Settings, method: str) -> _Precision:
+def precision(settings: Settings, method: str) -> _Precision:
     compute = _compute_bytes(settings)
     gpu = settings.device == "cuda"
     if step_in_backward(settings, method):  # no autocast: compute in the weights' dtype
@@ -296,7 +297,7 @@ def _layer_bytes_per_token(info: ModelInfo, settings: Settings, method: str) -> 
       fp32 adapter dtype, or autocast to 16-bit), the dropout mask (1 B per value when
       dropout > 0) and the r-dim output of A; DoRA also keeps an out-sized result.
     """
-    p = _precision(settings, method)
+    p = precision(settings, method)
     h = info.hidden_size
     qd = (info.num_heads * info.head_dim) or h
     norms = _norms_per_layer(info) * (4 + (p.residual if method == "full" else 0)) * h
@@ -362,11 +363,12 @@ def _optimizer_terms(
         small = sum(n * count for n, count in sizes if n < MIN_8BIT_SIZE)
         how = (
             f"Adam 8-bit blockwise: 2 x uint8 + 2 x fp32 absmax per {OPTIM_BLOCKSIZE} values "
-            f"({2 + 8 / OPTIM_BLOCKSIZE:.3f} B) x {_count(values - small)} values; tensors under "
-            f"{MIN_8BIT_SIZE} values stay 32-bit (8 B) x {_count(small)} values"
+            f"({2 + 8 / OPTIM_BLOCKSIZE:.3f} B) x "
+            f"{format_count(values - small)} values; tensors under "
+            f"{MIN_8BIT_SIZE} values stay 32-bit (8 B) x {format_count(small)} values"
         )
     else:
-        how = f"Adam 32-bit: exp_avg + exp_avg_sq, 8 B x {_count(values)} trainable values"
+        how = f"Adam 32-bit: exp_avg + exp_avg_sq, 8 B x {format_count(values)} trainable values"
     paged_on_gpu = name.startswith("paged") and settings.device == "cuda"
     if name.startswith("paged") and not paged_on_gpu:
         how += "; paged is not supported on the CPU (bitsandbytes falls back to plain)"
@@ -375,7 +377,7 @@ def _optimizer_terms(
     mixed_full = method == "full" and not step_in_backward(settings, method)
     embedding = info.params_by_kind.get("embeddings", 0) if mixed_full else 0
     if embedding and name in EIGHT_BIT_OPTIMIZERS:
-        how += f"; the input embeddings keep 32-bit states (8 B x {_count(embedding)} values)"
+        how += f"; the input embeddings keep 32-bit states (8 B x {format_count(embedding)} values)"
     on_gpu, paged, largest = 0.0, 0.0, 0.0
     for n, count in sizes:
         states, absmax = _state_bytes(name, n)
@@ -391,8 +393,8 @@ def _optimizer_terms(
         return MemoryTerm("optimizer states", int(on_gpu), how), None
     detail = (
         f"{how}; the absmax and tensors under {PAGED_MIN_SIZE:,} values stay on the GPU "
-        f"({_gb(on_gpu)}), + the largest tensor's paged states brought in for its step "
-        f"({_gb(largest)})"
+        f"({format_gb(on_gpu, 1)}), + the largest tensor's paged states brought in for its step "
+        f"({format_gb(largest, 1)})"
     )
     cpu = MemoryTerm(
         "optimizer states (paged)",
@@ -419,7 +421,7 @@ def _loss_term(info: ModelInfo, settings: Settings, method: str, p: _Precision) 
     per_value = f"{p.logits} B logits + 4 B fp32 log-softmax + 4 B its gradient"
     impl = settings.loss_impl
     if impl == "full_logits":
-        detail = f"full logits: b*s*V = {_count(tokens * vocab)} x ({per_value})"
+        detail = f"full logits: b*s*V = {format_count(tokens * vocab)} x ({per_value})"
         return MemoryTerm("logits and loss", tokens * vocab * (p.logits + 8), detail)
     if impl == "liger" and settings.device == "cuda":
         per_chunk = math.ceil(tokens / math.ceil(vocab / max(h, 1)))
@@ -450,17 +452,12 @@ def _loss_term(info: ModelInfo, settings: Settings, method: str, p: _Precision) 
     return MemoryTerm("logits and loss", chunk * vocab * per_chunk_value + hidden, detail)
 
 
-def _count(n: float) -> str:
+def format_count(n: float) -> str:
     """A parameter or token count in words people read: 41.9 M, 8.03 B."""
     for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= size:
             return f"{n / size:.3g} {unit}"
     return f"{n:.0f}"
-
-
-def _gb(n_bytes: float) -> str:
-    """Bytes as binary gigabytes, the unit GPU memory is sold in."""
-    return f"{n_bytes / GB:.1f} GB"
 
 
 # ---- the estimate ------------------------------------------------------------------------
@@ -474,7 +471,7 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodE
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
-    p = _precision(settings, method)
+    p = precision(settings, method)
     b, s = settings.batch_size, settings.seq_len
     tokens = b * s
     total = info.params_total
@@ -487,19 +484,23 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodE
     lean = step_in_backward(settings, method)
     if lean:
         how = "bf16, no fp32 master copy" if p.base == 2 else "fp32, stepped in backward"
-        detail = f"weights in {how} (lean recipe): {p.base:g} B x {_count(total)} params"
+        detail = f"weights in {how} (lean recipe): {p.base:g} B x {format_count(total)} params"
         terms.append(MemoryTerm("weights", int(p.base * total), detail))
     elif method == "full":
         terms.append(
-            MemoryTerm("weights", 4 * total, f"fp32 master weights: 4 B x {_count(total)} params")
+            MemoryTerm(
+                "weights", 4 * total, f"fp32 master weights: 4 B x {format_count(total)} params"
+            )
         )
     elif method == "lora":
         dtype = "fp32" if p.base == 4 else "16-bit"
-        detail = f"frozen base in {dtype}: {p.base:g} B x {_count(total)} params"
+        detail = f"frozen base in {dtype}: {p.base:g} B x {format_count(total)} params"
         terms.append(MemoryTerm("weights", int(p.base * total), detail))
     else:
         bits = bits_per_quantized_param(settings.double_quant)
-        detail = f"4-bit {settings.quant_type}, two per byte: 0.5 B x {_count(quantized)} params"
+        detail = (
+            f"4-bit {settings.quant_type}, two per byte: 0.5 B x {format_count(quantized)} params"
+        )
         terms.append(MemoryTerm("weights", quantized // 2, detail))
         how = (
             "double quant: uint8 absmax per 64 + fp32 per 256 blocks"
@@ -507,7 +508,8 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodE
             else "fp32 absmax per 64-value block"
         )
         detail = (
-            f"{how}: {bits - 4:.3f} bit x {_count(quantized)} params ({bits:.3f} bits/param in all)"
+            f"{how}: {bits - 4:.3f} bit x {format_count(quantized)} "
+            f"params ({bits:.3f} bits/param in all)"
         )
         terms.append(MemoryTerm("quantization constants", int(quantized * (bits - 4) / 8), detail))
         rest = total - quantized
@@ -516,27 +518,29 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodE
             if p.frozen == 2
             else "in fp32 (the CPU computes in fp32)"
         )
-        detail = f"embeddings, norms, lm_head, biases {how}: {p.frozen} B x {_count(rest)} params"
+        detail = (
+            f"embeddings, norms, lm_head, biases {how}: {p.frozen} B x {format_count(rest)} params"
+        )
         terms.append(MemoryTerm("16-bit layers", p.frozen * rest, detail))
     if method != "full":
-        detail = f"peft adapters in fp32: 4 B x {_count(lora)} params (r={settings.lora_r})"
+        detail = f"peft adapters in fp32: 4 B x {format_count(lora)} params (r={settings.lora_r})"
         if dora:
-            detail += f" + DoRA magnitudes 4 B x {_count(dora)} params"
+            detail += f" + DoRA magnitudes 4 B x {format_count(dora)} params"
         terms.append(MemoryTerm("trainable parameters (LoRA)", 4 * trainable, detail))
     if method == "full" and p.autocast:
         linear = quantized + info.vocab_size * info.hidden_size  # lm_head is a linear too
         detail = "autocast's 16-bit copy of each linear weight (saved for backward): 2 B x "
-        detail += f"{_count(linear)} params"
+        detail += f"{format_count(linear)} params"
         terms.append(MemoryTerm("autocast weight copies", 2 * linear, detail))
     if lean:
         largest = max(n for n, _ in _tensor_sizes(info, settings, method))
         detail = (
             f"one at a time: the optimizer steps each parameter in backward and frees its "
-            f"gradient; the largest tensor's, {p.base:g} B x {_count(largest)} values"
+            f"gradient; the largest tensor's, {p.base:g} B x {format_count(largest)} values"
         )
         terms.append(MemoryTerm("gradients", int(p.base * largest), detail))
     else:
-        detail = f"fp32: 4 B x {_count(trainable)} trainable params"
+        detail = f"fp32: 4 B x {format_count(trainable)} trainable params"
         terms.append(MemoryTerm("gradients", 4 * trainable, detail))
     optimizer, paged = _optimizer_terms(info, settings, method)
     terms.append(optimizer)
@@ -548,7 +552,7 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodE
         grad_input = tokens * max(largest.in_features, largest.out_features) * p.act
         detail = (
             f"{largest.name} ({largest.out_features}x{largest.in_features}) dequantized to "
-            f"{p.act} B, + a {_count(tokens)}-token gradient of its wider side in backward"
+            f"{p.act} B, + a {format_count(tokens)}-token gradient of its wider side in backward"
         )
         terms.append(MemoryTerm("dequantization transient", weight + grad_input, detail))
 
@@ -594,7 +598,10 @@ def _activations_term(
         per_token = layers * per_layer + 4 * h
         masks = mask * (1 + layers * p.act)
         how = f"{per_layer / 1024:.1f} KiB per token per layer x {layers} layers"
-    detail = f"{how} x {_count(tokens)} tokens (b={b}, s={s}) + attention masks {_gb(masks)}"
+    detail = (
+        f"{how} x {format_count(tokens)} tokens "
+        f"(b={b}, s={s}) + attention masks {format_gb(masks, 1)}"
+    )
     return MemoryTerm("activations", int(tokens * per_token + masks), detail)
 
 

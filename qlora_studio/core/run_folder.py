@@ -10,6 +10,7 @@ What a run folder guarantees:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from qlora_studio.config import check_run_name
+from qlora_studio.config import RunConfig, check_run_name
 from qlora_studio.core.errors import StudioError, TrainingError
 
 CONFIG_FILE = "config.yaml"
@@ -310,3 +311,37 @@ def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def make_run_dir(cfg: RunConfig) -> Path:
+    """A new, empty run folder strictly inside ``output.dir`` (name or method + timestamp)."""
+    return create_run_folder(cfg.output.dir, cfg.output.name, cfg.method)
+
+
+def trained_output(
+    run_dir: Path, error: type[StudioError] = TrainingError
+) -> tuple[RunConfig, Path]:
+    """A run folder's config and its trained adapter (or full model) folder; raises ``error``
+    with a hint when ``run_dir`` is not a run folder or has nothing trained yet."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).exists():
+        raise error(
+            f"{run_dir} is not a run folder (no {CONFIG_FILE})",
+            "pass the folder that `qlora-studio train` printed as 'Run folder'",
+        )
+    cfg = RunConfig.load(run_dir / CONFIG_FILE)
+    output = run_dir / (FULL_MODEL if cfg.method == "full" else ADAPTER)
+    if not output.is_dir():
+        raise error(
+            f"{run_dir} has no trained {'model' if cfg.method == 'full' else 'adapter'} yet",
+            "finish or stop the run first: a stopped run saves what it learned so far "
+            "(`qlora-studio resume` continues a crashed run)",
+        )
+    return cfg, output
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON through a temporary file renamed into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    tmp.replace(path)

@@ -15,8 +15,8 @@ from qlora_studio.core.errors import TrainingError
 from qlora_studio.core.events import CollectingReporter
 from qlora_studio.core.fit import FitChoice, auto_fit, fit_before_loading, fit_config
 from qlora_studio.core.memory import GB, Settings
-from qlora_studio.core.models import inspect_model
-from qlora_studio.core.training import run_training
+from qlora_studio.core.models.inspect import inspect_model
+from qlora_studio.core.training.run import run_training
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,11 @@ from pathlib import Path
 import pytest
 
 from qlora_studio.config import DataConfig
-from qlora_studio.core.data import (
-    FORMATS,
+from qlora_studio.core.data.analyse import inspect_data
+from qlora_studio.core.data.prepare import DatasetStats, PaddingCollator, prepare_dataset
+from qlora_studio.core.data.rows import FORMATS, Example, load_examples
+from qlora_studio.core.data.templates import (
     TEMPLATE_NAMES,
-    DatasetStats,
-    Example,
-    PaddingCollator,
-    inspect_data,
-    load_examples,
-    prepare_dataset,
     preview_example,
     render_example,
     resolve_chat_template,

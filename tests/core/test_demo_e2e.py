@@ -76,7 +76,7 @@ def test_demo_config_learns_the_task_and_the_tuned_model_stops_at_eos(repo_root,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qlora_studio.core.models import resolve_model
+    from qlora_studio.core.models.sources import resolve_model
 
     base_model = AutoModelForCausalLM.from_pretrained(
         str(resolve_model("demo")), dtype=torch.float32

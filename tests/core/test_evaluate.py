@@ -12,9 +12,13 @@ import pytest
 from test_training import make_config
 
 from qlora_studio.cli import main
-from qlora_studio.core.comparison import ComparisonModel, EvaluationError, GenerationSettings
 from qlora_studio.core.errors import DatasetError
-from qlora_studio.core.evaluate import (
+from qlora_studio.core.evaluation.comparison import (
+    ComparisonModel,
+    EvaluationError,
+    GenerationSettings,
+)
+from qlora_studio.core.evaluation.evaluate import (
     EvalReport,
     evaluate_run,
     exact_match,
@@ -23,7 +27,7 @@ from qlora_studio.core.evaluate import (
     similarity,
 )
 from qlora_studio.core.events import CollectingReporter
-from qlora_studio.core.training import run_training
+from qlora_studio.core.training.run import run_training
 
 PROMPT = [{"role": "user", "content": "Convert to ISO date: 3 March 2021"}]
 

@@ -7,26 +7,35 @@ import pytest
 
 CORE_MODULES = [
     "qlora_studio.config",
-    "qlora_studio.core.events",
+    "qlora_studio.core.data.analyse",
+    "qlora_studio.core.data.files",
+    "qlora_studio.core.data.prepare",
+    "qlora_studio.core.data.rows",
+    "qlora_studio.core.data.templates",
     "qlora_studio.core.errors",
-    "qlora_studio.core.gpu",
-    "qlora_studio.core.data",
-    "qlora_studio.core.models",
-    "qlora_studio.core.training",
+    "qlora_studio.core.evaluation.comparison",
+    "qlora_studio.core.evaluation.evaluate",
+    "qlora_studio.core.events",
     "qlora_studio.core.export",
-    "qlora_studio.core.callbacks",
-    "qlora_studio.core.data_files",
-    "qlora_studio.core.templates",
-    "qlora_studio.core.memory",
     "qlora_studio.core.fit",
-    "qlora_studio.core.probe",
-    "qlora_studio.core.hub",
-    "qlora_studio.core.runs",
-    "qlora_studio.core.run_recorder",
+    "qlora_studio.core.gpu",
+    "qlora_studio.core.history.recorder",
+    "qlora_studio.core.history.store",
+    "qlora_studio.core.lazy_imports",
+    "qlora_studio.core.memory",
+    "qlora_studio.core.models.files",
+    "qlora_studio.core.models.hub",
+    "qlora_studio.core.models.inspect",
+    "qlora_studio.core.models.loading",
+    "qlora_studio.core.models.sources",
     "qlora_studio.core.run_folder",
-    "qlora_studio.core.out_of_memory",
-    "qlora_studio.core.lean_loss",
-    "qlora_studio.core.optimizer_in_backward",
+    "qlora_studio.core.training.callbacks",
+    "qlora_studio.core.training.lean_loss",
+    "qlora_studio.core.training.optimizer_in_backward",
+    "qlora_studio.core.training.out_of_memory",
+    "qlora_studio.core.training.probe",
+    "qlora_studio.core.training.recipe",
+    "qlora_studio.core.training.run",
 ]
 
 
@@ -48,7 +57,7 @@ def test_core_imports_with_qt_hidden(module):
 def test_cli_and_config_do_not_import_heavy_libraries():
     code = (
         "import sys\n"
-        "import qlora_studio.cli, qlora_studio.config, qlora_studio.core.training\n"
+        "import qlora_studio.cli, qlora_studio.config, qlora_studio.core.training.run\n"
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'datasets')"
         " if m in sys.modules]\n"
         "print(heavy)\n"

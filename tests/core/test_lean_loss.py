@@ -11,8 +11,9 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from qlora_studio.config import TrainConfig
 from qlora_studio.core.events import CollectingReporter
-from qlora_studio.core.lean_loss import choose_loss_path, lean_causal_lm_loss
-from qlora_studio.core.training import FineTuneRecipe, run_training
+from qlora_studio.core.training.lean_loss import choose_loss_path, lean_causal_lm_loss
+from qlora_studio.core.training.recipe import FineTuneRecipe
+from qlora_studio.core.training.run import run_training
 
 PAD = 0
 

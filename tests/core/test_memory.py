@@ -15,7 +15,8 @@ from tiny_models import LLAMA3_8B_CONFIG
 from qlora_studio.config import RunConfig
 from qlora_studio.core import fit, memory
 from qlora_studio.core.memory import GB, MB, Settings
-from qlora_studio.core.models import inspect_model, is_demo_available
+from qlora_studio.core.models.inspect import inspect_model
+from qlora_studio.core.models.sources import is_demo_available
 
 H, FF, L, V, KV = 4096, 14336, 32, 128256, 1024  # KV: 8 kv heads x head_dim 128
 # Per layer: q, o are 4096x4096; k, v 4096x1024; gate, up, down 4096x14336.

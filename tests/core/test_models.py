@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from tiny_models import LLAMA3_8B_CONFIG
 
-from qlora_studio.core import models
 from qlora_studio.core.errors import ModelSourceError
 from qlora_studio.core.events import CollectingReporter
+from qlora_studio.core.models import files, inspect, sources
 
 EXPECTED_LINEARS = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -56,7 +56,7 @@ def test_inspect_matches_the_loaded_model(tiny_models, arch):
     from transformers import AutoModelForCausalLM
 
     folder = tiny_models[arch]
-    info = models.inspect_model(str(folder))
+    info = inspect.inspect_model(str(folder))
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
 
     architecture, model_type, tied = EXPECTED_CLASS[arch]
@@ -67,7 +67,7 @@ def test_inspect_matches_the_loaded_model(tiny_models, arch):
     )
     assert info.path == str(folder)
     assert info.params_total == sum(p.numel() for p in model.parameters())
-    assert set(info.params_by_kind) == set(models.KINDS)
+    assert set(info.params_by_kind) == set(inspect.KINDS)
     assert sum(info.params_by_kind.values()) == info.params_total
     embeddings = model.get_input_embeddings().weight.numel()
     if arch == "gpt2":
@@ -100,7 +100,7 @@ def test_inspect_matches_the_loaded_model(tiny_models, arch):
 
 
 def test_llama_linear_shapes_and_kinds(tiny_models):
-    info = models.inspect_model(str(tiny_models["llama"]))
+    info = inspect.inspect_model(str(tiny_models["llama"]))
     layers = {layer.name: layer for layer in info.linear_layers}
     assert (info.num_kv_heads, info.head_dim, info.intermediate_size) == (2, 16, 128)
     assert (layers["q_proj"].in_features, layers["q_proj"].out_features) == (64, 64)
@@ -122,7 +122,7 @@ def test_llama_linear_shapes_and_kinds(tiny_models):
 
 
 def test_gpt2_conv1d_layers(tiny_models):
-    info = models.inspect_model(str(tiny_models["gpt2"]))
+    info = inspect.inspect_model(str(tiny_models["gpt2"]))
     by_key = {(layer.name, layer.kind): layer for layer in info.linear_layers}
     assert all(layer.conv1d for layer in info.linear_layers)
     c_attn = by_key["c_attn", "attention"]
@@ -140,7 +140,7 @@ def test_gpt2_conv1d_layers(tiny_models):
 
 
 def test_gemma3_qk_norms_count_as_norms(tiny_models):
-    info = models.inspect_model(str(tiny_models["gemma3"]))
+    info = inspect.inspect_model(str(tiny_models["gemma3"]))
     # per layer: 4 layer norms of 64 + q_norm and k_norm of head_dim 16; plus the final norm
     assert info.params_by_kind["norms"] == 2 * (4 * 64 + 2 * 16) + 64
     assert info.head_dim == 16
@@ -151,7 +151,7 @@ def test_llama3_8b_from_config_only(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(LLAMA3_8B_WITH_IDS))
     started = time.monotonic()
-    info = models.inspect_model(str(folder))
+    info = inspect.inspect_model(str(folder))
     elapsed = time.monotonic() - started
 
     assert info.params_total == 8_030_261_248
@@ -178,7 +178,7 @@ def test_multimodal_config_uses_its_text_config(tmp_path):
 
     config = Gemma3Config()
     config.save_pretrained(tmp_path)
-    info = models.inspect_model(str(tmp_path))
+    info = inspect.inspect_model(str(tmp_path))
     text = config.text_config
     assert (info.architecture, info.model_type) == ("Gemma3ForConditionalGeneration", "gemma3")
     assert (info.hidden_size, info.num_layers, info.vocab_size) == (
@@ -197,8 +197,8 @@ def test_multimodal_config_uses_its_text_config(tmp_path):
 
 def test_local_folder_and_config_file_resolve(tiny_models):
     folder = tiny_models["llama"]
-    assert models.resolve_model(str(folder)) == folder
-    assert models.resolve_model(folder / "config.json") == folder
+    assert sources.resolve_model(str(folder)) == folder
+    assert sources.resolve_model(folder / "config.json") == folder
 
 
 def test_pickle_only_weights_are_refused_unless_allowed(tiny_models, tmp_path):
@@ -210,12 +210,12 @@ def test_pickle_only_weights_are_refused_unless_allowed(tiny_models, tmp_path):
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
 
     with pytest.raises(ModelSourceError) as refused:
-        models.resolve_model(str(folder))
+        sources.resolve_model(str(folder))
     assert "pickle" in refused.value.message
     assert "allow_pickle" in refused.value.hint and "safetensors" in refused.value.hint
 
-    assert models.resolve_model(str(folder), allow_pickle=True) == folder
-    info = models.inspect_model(str(folder), allow_pickle=True)
+    assert sources.resolve_model(str(folder), allow_pickle=True) == folder
+    info = inspect.inspect_model(str(folder), allow_pickle=True)
     assert info.weights_format == "pickle"
     assert info.params_total == sum(p.numel() for p in model.parameters())
 
@@ -225,10 +225,10 @@ def test_trainer_pickles_beside_safetensors_are_not_pickle_weights(tiny_models, 
     shutil.copytree(tiny_models["llama"], folder)
     (folder / "training_args.bin").write_bytes(b"not weights")
     (folder / "optimizer.pt").write_bytes(b"not weights")
-    assert models.resolve_model(str(folder)) == folder
+    assert sources.resolve_model(str(folder)) == folder
     bare = _copy_without_weights(tiny_models["llama"], tmp_path / "bare")
     (bare / "training_args.bin").write_bytes(b"not weights")
-    assert models.inspect_model(str(bare)).weights_format == "none"
+    assert inspect.inspect_model(str(bare)).weights_format == "none"
 
 
 def test_custom_code_needs_trust_remote_code(tiny_models, tmp_path):
@@ -238,22 +238,22 @@ def test_custom_code_needs_trust_remote_code(tiny_models, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
 
     with pytest.raises(ModelSourceError) as refused:
-        models.resolve_model(str(folder))
+        sources.resolve_model(str(folder))
     assert "trust_remote_code" in refused.value.hint
-    assert models.resolve_model(str(folder), trust_remote_code=True) == folder
+    assert sources.resolve_model(str(folder), trust_remote_code=True) == folder
 
 
 def test_missing_path_is_named(tmp_path):
     missing = tmp_path / "no" / "such-model"
     with pytest.raises(ModelSourceError) as error:
-        models.resolve_model(str(missing))
+        sources.resolve_model(str(missing))
     assert str(missing) in error.value.message
 
 
 def test_folder_without_config_says_what_to_pick(tmp_path):
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     with pytest.raises(ModelSourceError) as error:
-        models.resolve_model(str(tmp_path))
+        sources.resolve_model(str(tmp_path))
     assert "config.json" in error.value.message and "model.gguf" in error.value.hint
 
 
@@ -264,7 +264,7 @@ def test_offline_hub_id_has_a_hint(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(ModelSourceError) as error:
-        models.resolve_model("qlora-studio-tests/no-such-model")
+        sources.resolve_model("qlora-studio-tests/no-such-model")
     assert "qlora-studio-tests/no-such-model" in error.value.message
     assert "offline" in error.value.hint and "local folder" in error.value.hint
 
@@ -273,21 +273,21 @@ def test_file_that_is_not_gguf_is_refused(tmp_path):
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"PK\x03\x04 definitely a zip")
     with pytest.raises(ModelSourceError) as error:
-        models.resolve_model(str(fake))
+        sources.resolve_model(str(fake))
     assert "not a GGUF" in error.value.message
     with pytest.raises(ModelSourceError) as error:
-        models.convert_gguf(tmp_path / "missing.gguf")
+        sources.convert_gguf(tmp_path / "missing.gguf")
     assert "not found" in error.value.message
     with pytest.raises(ModelSourceError):
-        models.resolve_model(str(tmp_path / "missing.gguf"))
+        sources.resolve_model(str(tmp_path / "missing.gguf"))
 
 
 def test_load_tokenizer(tiny_models, tmp_path):
-    tokenizer = models.load_tokenizer(tiny_models["qwen2"])
+    tokenizer = sources.load_tokenizer(tiny_models["qwen2"])
     assert tokenizer.eos_token == "</s>"
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelSourceError) as error:
-        models.load_tokenizer(tmp_path)
+        sources.load_tokenizer(tmp_path)
     assert "tokenizer" in error.value.message and error.value.hint
 
 
@@ -297,7 +297,7 @@ def test_chat_template_is_detected(tiny_models, tmp_path):
     (folder / "chat_template.jinja").write_text(
         "{% for m in messages %}{{ m.content }}{% endfor %}"
     )
-    assert models.inspect_model(str(folder)).has_chat_template is True
+    assert inspect.inspect_model(str(folder)).has_chat_template is True
 
 
 # --------------------------------------------------------------------------- GGUF
@@ -388,20 +388,20 @@ def test_gguf_round_trip(tiny_models, tmp_path, private_cache):
     gguf_file = write_tiny_llama_gguf(source, tmp_path / "tiny-llama.Q8_0.gguf")
     reporter = CollectingReporter()
 
-    folder = models.resolve_model(str(gguf_file), reporter=reporter)
+    folder = sources.resolve_model(str(gguf_file), reporter=reporter)
 
     assert folder.parent == private_cache / "models"
     assert folder.name.startswith("gguf-tiny-llama.Q8_0-")
-    assert {"config.json", "model.safetensors", "tokenizer.json", models.MARKER} <= {
+    assert {"config.json", "model.safetensors", "tokenizer.json", files.MARKER} <= {
         p.name for p in folder.iterdir()
     }
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporary left
     phases = [e.get("phase") for e in reporter.of_type("status")]
     assert {"dequantizing", "saving", "done"} <= set(phases) and phases[-1] == "done"
-    marker = json.loads((folder / models.MARKER).read_text())
+    marker = json.loads((folder / files.MARKER).read_text())
     assert marker["source"] == str(gguf_file.resolve()) and marker["params"] == 123200
 
-    info = models.inspect_model(str(gguf_file))
+    info = inspect.inspect_model(str(gguf_file))
     assert (info.architecture, info.params_total, info.tied_embeddings) == (
         "LlamaForCausalLM",
         123200,
@@ -419,13 +419,13 @@ def test_gguf_round_trip(tiny_models, tmp_path, private_cache):
 
     text = "User: hello there! Convert 12 March 2021 -> 2021-03-12"
     original_tokenizer = AutoTokenizer.from_pretrained(source)
-    tokenizer = models.load_tokenizer(folder)
+    tokenizer = sources.load_tokenizer(folder)
     assert tokenizer(text).input_ids == original_tokenizer(text).input_ids
     assert tokenizer.eos_token == "</s>"
 
     again = CollectingReporter()
     started = time.monotonic()
-    assert models.convert_gguf(gguf_file, reporter=again) == folder
+    assert sources.convert_gguf(gguf_file, reporter=again) == folder
     assert time.monotonic() - started < 1 and again.events == []
 
 
@@ -441,10 +441,10 @@ class _StopWhenSaving(CollectingReporter):
 def test_interrupted_conversion_leaves_no_half_folder(tiny_models, tmp_path, private_cache):
     gguf_file = write_tiny_llama_gguf(tiny_models["llama"], tmp_path / "tiny.gguf")
     with pytest.raises(KeyboardInterrupt):
-        models.convert_gguf(gguf_file, reporter=_StopWhenSaving())
+        sources.convert_gguf(gguf_file, reporter=_StopWhenSaving())
     assert list((private_cache / "models").iterdir()) == []
-    folder = models.convert_gguf(gguf_file)  # the next call converts from scratch
-    assert (folder / models.MARKER).is_file()
+    folder = sources.convert_gguf(gguf_file)  # the next call converts from scratch
+    assert (folder / files.MARKER).is_file()
 
 
 def test_failed_conversion_leaves_nothing_behind(tmp_path, private_cache):
@@ -459,7 +459,7 @@ def test_failed_conversion_leaves_nothing_behind(tmp_path, private_cache):
     writer.close()
 
     with pytest.raises(ModelSourceError) as error:
-        models.convert_gguf(broken)
+        sources.convert_gguf(broken)
     assert "unknown-arch.gguf" in error.value.message and error.value.hint
     assert list((private_cache / "models").iterdir()) == []
 
@@ -468,24 +468,24 @@ def test_failed_conversion_leaves_nothing_behind(tmp_path, private_cache):
 
 
 def test_demo_is_available():
-    assert models.is_demo_available() is True
+    assert sources.is_demo_available() is True
 
 
 @pytest.mark.slow
 def test_demo_model_converts_once():
     reporter = CollectingReporter()
-    folder = models.demo_model_path(reporter)
+    folder = sources.demo_model_path(reporter)
     names = {p.name for p in folder.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", models.MARKER} <= names
+    assert {"config.json", "model.safetensors", "tokenizer.json", files.MARKER} <= names
     assert not list(folder.parent.glob(".tmp-*"))
     assert not list(folder.rglob("*.gguf"))
 
     started = time.monotonic()
-    assert models.demo_model_path() == folder
-    assert models.resolve_model("demo") == folder
+    assert sources.demo_model_path() == folder
+    assert sources.resolve_model("demo") == folder
     assert time.monotonic() - started < 5
 
-    info = models.inspect_model(models.DEMO)
+    info = inspect.inspect_model(files.DEMO)
     assert (info.architecture, info.model_type) == ("Gemma3ForCausalLM", "gemma3_text")
     assert info.params_total == 268_098_176
     assert sum(info.params_by_kind.values()) == info.params_total
@@ -499,7 +499,7 @@ def test_demo_model_converts_once():
     import torch
     from transformers import AutoModelForCausalLM
 
-    tokenizer = models.load_tokenizer(folder)
+    tokenizer = sources.load_tokenizer(folder)
     model = AutoModelForCausalLM.from_pretrained(folder)
     ids = tokenizer(
         "The capital of France is Paris. The capital of Germany is Berlin.", return_tensors="pt"

@@ -14,12 +14,12 @@ from test_training import StopAtStep, make_config
 
 from qlora_studio.config import ConfigError, RunConfig
 from qlora_studio.core.events import CollectingReporter
-from qlora_studio.core.optimizer_in_backward import (
+from qlora_studio.core.training.optimizer_in_backward import (
     STATE_KEY,
     OptimizerInBackward,
     per_parameter_optimizer,
 )
-from qlora_studio.core.training import resume_training, run_training
+from qlora_studio.core.training.run import resume_training, run_training
 
 # fp32 on the CPU: the same arithmetic in the same order, so the weights agree to rounding
 RTOL, ATOL = 1e-5, 1e-6

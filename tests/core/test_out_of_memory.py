@@ -10,8 +10,9 @@ import torch
 from test_training import StopAtStep, make_config
 
 from qlora_studio.core.errors import TrainingError
-from qlora_studio.core.out_of_memory import is_out_of_memory
-from qlora_studio.core.training import last_checkpoint, resume_training, run_training
+from qlora_studio.core.run_folder import last_checkpoint
+from qlora_studio.core.training.out_of_memory import is_out_of_memory
+from qlora_studio.core.training.run import resume_training, run_training
 
 
 class RunOutOfMemoryAtStep(StopAtStep):

@@ -26,6 +26,7 @@ from qlora_studio.config import ConfigError, RunConfig
 from qlora_studio.core.errors import DatasetError, ModelSourceError, TrainingError
 from qlora_studio.core.events import CollectingReporter
 from qlora_studio.core.export import export_run
+from qlora_studio.core.history.store import RunHistory, RunHistoryError
 from qlora_studio.core.run_folder import (
     MARKER,
     PID_FILE,
@@ -34,11 +35,11 @@ from qlora_studio.core.run_folder import (
     create_run_folder,
     delete_run_folder,
     last_checkpoint,
+    make_run_dir,
     sweep_stale_temp_folders,
     trainer_pid,
 )
-from qlora_studio.core.runs import RunHistory, RunHistoryError
-from qlora_studio.core.training import make_run_dir, resume_training, run_training
+from qlora_studio.core.training.run import resume_training, run_training
 
 HOSTILE_NAMES = [
     "..",
@@ -346,7 +347,7 @@ def test_output_folders_follow_the_umask(tiny_models, tmp_path):
 
 # ---- 6, 8, 9: messages that used to mislead ------------------------------------------------
 def test_a_mapping_to_a_missing_column_names_it_and_the_real_ones(tmp_path):
-    from qlora_studio.core.data import load_examples
+    from qlora_studio.core.data.rows import load_examples
 
     qa = tmp_path / "qa.csv"
     qa.write_text("question,answer\nWhat is 2+2?,4\n")
@@ -442,7 +443,7 @@ def test_an_override_error_names_the_override(tiny_models, tmp_path):
 
 
 def test_a_probe_leaves_no_row_in_the_run_history(tiny_models, data_dir, tmp_path):
-    from qlora_studio.core.probe import run_probe
+    from qlora_studio.core.training.probe import run_probe
 
     cfg = make_config(tiny_models["llama"], tmp_path, "lora", max_steps=2)
     result = run_probe(cfg)

@@ -20,8 +20,8 @@ from test_training import make_config
 from qlora_studio.cli import main
 from qlora_studio.config import RunConfig
 from qlora_studio.core.events import CollectingReporter, make_event
-from qlora_studio.core.run_recorder import RunRecorder
-from qlora_studio.core.runs import (
+from qlora_studio.core.history.recorder import RunRecorder
+from qlora_studio.core.history.store import (
     RunHistory,
     RunHistoryError,
     config_changes,
@@ -29,7 +29,8 @@ from qlora_studio.core.runs import (
     process_start_time,
     read_loss_curve,
 )
-from qlora_studio.core.training import CONFIG_FILE, EVENTS_FILE, last_checkpoint, run_training
+from qlora_studio.core.run_folder import CONFIG_FILE, EVENTS_FILE, last_checkpoint
+from qlora_studio.core.training.run import run_training
 
 
 @pytest.fixture
@@ -211,7 +212,7 @@ def test_a_second_process_reads_while_a_run_writes(data_dir, tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys; from qlora_studio.core.runs import RunHistory\n"
+            "import sys; from qlora_studio.core.history.store import RunHistory\n"
             "h = RunHistory.open(sys.argv[1], timeout_s=0.5)\n"
             "h.update_progress(int(sys.argv[2]), step=100)\n",
             str(history.path),

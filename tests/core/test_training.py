@@ -13,12 +13,9 @@ from qlora_studio.config import RunConfig
 from qlora_studio.core.errors import DatasetError, ExportError
 from qlora_studio.core.events import CollectingReporter, validate_event
 from qlora_studio.core.export import export_run
-from qlora_studio.core.training import (
-    FineTuneRecipe,
-    last_checkpoint,
-    resume_training,
-    run_training,
-)
+from qlora_studio.core.run_folder import last_checkpoint
+from qlora_studio.core.training.recipe import FineTuneRecipe
+from qlora_studio.core.training.run import resume_training, run_training
 
 ROWS = [
     ("Convert to ISO date: 3 March 2021", "2021-03-03"),

@@ -13,8 +13,8 @@ import pytest  # noqa: E402
 from PySide6.QtCore import QSettings  # noqa: E402
 from test_training import make_config  # noqa: E402
 
-from qlora_studio.core.comparison import ComparisonModel, GenerationSettings  # noqa: E402
-from qlora_studio.core.training import run_training  # noqa: E402
+from qlora_studio.core.evaluation.comparison import ComparisonModel, GenerationSettings
+from qlora_studio.core.training.run import run_training
 from qlora_studio.gui.pages.compare_page import ComparePage  # noqa: E402
 from qlora_studio.gui.state import StudioState  # noqa: E402
 

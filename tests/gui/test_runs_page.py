@@ -19,8 +19,8 @@ from test_main_window import make_window, tiny_config  # noqa: E402
 from test_runs import make_run_folder  # noqa: E402
 
 from qlora_studio.config import RunConfig  # noqa: E402
-from qlora_studio.core.runs import RunHistory  # noqa: E402
-from qlora_studio.core.training import CONFIG_FILE  # noqa: E402
+from qlora_studio.core.history.store import RunHistory
+from qlora_studio.core.run_folder import CONFIG_FILE
 
 YES, NO = QMessageBox.StandardButton.Yes, QMessageBox.StandardButton.No
 

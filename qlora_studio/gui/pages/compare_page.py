@@ -203,7 +203,7 @@ class ComparePage(Page):
         return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
     def _show_saved(self, run_dir: Path) -> None:
-        from qlora_studio.core.evaluate import load_reports
+        from qlora_studio.core.evaluation.evaluate import load_reports
 
         reports = load_reports(run_dir)
         if reports:
@@ -259,7 +259,7 @@ class ComparePage(Page):
             self._pending_prompt = text
             self.load()
             return
-        from qlora_studio.core.comparison import GenerationSettings
+        from qlora_studio.core.evaluation.comparison import GenerationSettings
 
         settings = GenerationSettings(
             max_new_tokens=self.max_tokens.value(),
@@ -457,7 +457,7 @@ def _eval_path_of(run_dir: Path) -> str:
 
 # ---- the jobs (run in a worker thread; plain data and the session cross back) -----------------
 def _load(reporter, cancel, run_dir: Path):
-    from qlora_studio.core.comparison import ComparisonModel
+    from qlora_studio.core.evaluation.comparison import ComparisonModel
 
     return ComparisonModel.load(run_dir, reporter=reporter)
 
@@ -470,7 +470,7 @@ def _stream(reporter, cancel, session, conversations: dict, settings) -> None:
 
 
 def _evaluate(reporter, cancel, run_dir: Path, session, data: str | None, limit: int | None):
-    from qlora_studio.core.evaluate import evaluate_run
+    from qlora_studio.core.evaluation.evaluate import evaluate_run
 
     return evaluate_run(
         run_dir, data=data, limit=limit, model=session, reporter=reporter, cancel=cancel

@@ -63,10 +63,10 @@ def _cell_text(value: Any) -> str:
 
 def _analyse(reporter, cancel, settings: dict) -> dict:
     """Runs in the worker thread: the model's tokenizer, then inspect_data with the settings."""
-    from qlora_studio.core.data import inspect_data
+    from qlora_studio.core.data.analyse import inspect_data
     from qlora_studio.core.errors import Cancelled
     from qlora_studio.core.events import make_event
-    from qlora_studio.core.models import load_tokenizer, resolve_model
+    from qlora_studio.core.models.sources import load_tokenizer, resolve_model
 
     trust = settings["trust_remote_code"]
     reporter.emit(make_event("status", message="Loading the model's tokenizer…"))

@@ -275,7 +275,7 @@ class MemoryPage(Page):
 
 def _probe(reporter, cancel, cfg_dict: dict) -> dict:
     """Run the probe as a child process (fresh memory, nothing left behind in the window)."""
-    from qlora_studio.cli_memory import _probe_child
+    from qlora_studio.cli.memory import _probe_child
     from qlora_studio.config import RunConfig
     from qlora_studio.core.events import make_event
     from qlora_studio.core.memory import Settings

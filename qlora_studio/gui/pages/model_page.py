@@ -70,7 +70,7 @@ def format_count(n: int) -> str:
 
 def demo_needs_conversion() -> bool:
     """True before the demo GGUF has been converted into the cache (the ~60 s first use)."""
-    from qlora_studio.core.models import DEMO_FOLDER, MARKER
+    from qlora_studio.core.models.files import DEMO_FOLDER, MARKER
     from qlora_studio.resources import user_cache_dir
 
     return not (user_cache_dir() / "models" / DEMO_FOLDER / MARKER).is_file()
@@ -482,7 +482,7 @@ class ModelPage(Page):
 
 def _inspect(reporter, cancel, source: str, allow_pickle: bool, trust_remote_code: bool):
     """Runs in the worker thread: the ModelInfo (plain data) of ``source``."""
-    from qlora_studio.core.models import inspect_model
+    from qlora_studio.core.models.inspect import inspect_model
 
     return inspect_model(
         source, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, reporter=reporter

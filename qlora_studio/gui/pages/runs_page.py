@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qlora_studio.core.runs import STATUSES, RunHistory, RunHistoryError, RunRecord
+from qlora_studio.core.history.store import STATUSES, RunHistory, RunHistoryError, RunRecord
 from qlora_studio.gui.pages.base import Page
 
 COLUMNS = (
@@ -149,7 +149,7 @@ class RunsPage(Page):
     # ---- the table ----------------------------------------------------------------------
     def refresh(self) -> None:
         """Reread the history (marking dead runs crashed) and keep the selection."""
-        from qlora_studio.core.runs import describe_memory, format_time
+        from qlora_studio.core.history.store import describe_memory, format_time
 
         status = self.status_filter.currentText()
         was_complete = self.is_complete()
@@ -238,8 +238,8 @@ class RunsPage(Page):
 
     def _curve(self, record: RunRecord) -> list[tuple[int, float]]:
         """The run's loss curve, reread only when its events.jsonl changed."""
-        from qlora_studio.core.runs import read_loss_curve
-        from qlora_studio.core.training import EVENTS_FILE
+        from qlora_studio.core.history.store import read_loss_curve
+        from qlora_studio.core.run_folder import EVENTS_FILE
 
         try:
             stat = (Path(record.run_dir) / EVENTS_FILE).stat()
@@ -273,8 +273,8 @@ class RunsPage(Page):
 
     def resume_selected(self) -> None:
         """Continue the run on the Train page, after a warning if its config.yaml changed."""
-        from qlora_studio.core.runs import config_changes
-        from qlora_studio.core.training import CONFIG_FILE
+        from qlora_studio.core.history.store import config_changes
+        from qlora_studio.core.run_folder import CONFIG_FILE
 
         record = self._single()
         window = self.window()
@@ -366,13 +366,13 @@ class RunsPage(Page):
 
 def _has_output(record: RunRecord) -> bool:
     """The run left an adapter (or a full model) to export or compare."""
-    from qlora_studio.core.training import ADAPTER, FULL_MODEL
+    from qlora_studio.core.run_folder import ADAPTER, FULL_MODEL
 
     folder = Path(record.run_dir)
     return (folder / ADAPTER).is_dir() or (folder / FULL_MODEL).is_dir()
 
 
 def _can_resume(record: RunRecord) -> bool:
-    from qlora_studio.core.training import last_checkpoint
+    from qlora_studio.core.run_folder import last_checkpoint
 
     return record.status in RESUMABLE and last_checkpoint(Path(record.run_dir)) is not None

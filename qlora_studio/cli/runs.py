@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from qlora_studio.cli import EXIT_OK, print_failure
-from qlora_studio.core.runs import STATUSES
+from qlora_studio.cli.common import EXIT_OK, print_failure
+from qlora_studio.core.history.store import STATUSES
 
 TABLE = ("id", "name", "status", "method", "steps", "best loss", "peak memory", "started", "folder")
 
@@ -27,7 +27,7 @@ def add_runs_parser(sub) -> None:
 
 
 def run_runs_command(args: argparse.Namespace) -> int:
-    from qlora_studio.core.runs import RunHistory, RunHistoryError
+    from qlora_studio.core.history.store import RunHistory, RunHistoryError
 
     try:
         with RunHistory.open() as history:  # opening marks runs whose process died as crashed
@@ -41,7 +41,7 @@ def run_runs_command(args: argparse.Namespace) -> int:
 
 
 def _list(history, status: str | None, as_json: bool) -> int:
-    from qlora_studio.core.runs import describe_memory, format_time
+    from qlora_studio.core.history.store import describe_memory, format_time
 
     records = history.list_runs(status)
     if as_json:
@@ -72,7 +72,7 @@ def _list(history, status: str | None, as_json: bool) -> int:
 
 
 def _show(history, run_id: int, as_json: bool) -> int:
-    from qlora_studio.core.runs import describe_memory, format_time
+    from qlora_studio.core.history.store import describe_memory, format_time
 
     record = history.get(run_id)
     if record is None:

@@ -9,13 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from qlora_studio.cli import EXIT_OK, print_failure
+from qlora_studio.cli.common import EXIT_OK, print_failure
+from qlora_studio.core.events import format_gb
 
 _NAMES = {"full": "Full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
-
-
-def _gb(n: float) -> str:
-    return f"{n / 2**30:.2f} GB"
 
 
 def _launcher() -> list[str]:
@@ -49,7 +46,8 @@ def _target(spec: str) -> tuple[str, Any, int, str]:
             "cpu",
             None,
             ram["available_bytes"],
-            (f"CPU: {_gb(ram['available_bytes'])} of {_gb(ram['total_bytes'])} RAM available"),
+            f"CPU: {format_gb(ram['available_bytes'])} of {format_gb(ram['total_bytes'])}"
+            " RAM available",
         )
     if spec.lower() == "auto":
         gpus = list_gpus()
@@ -67,7 +65,7 @@ def _target(spec: str) -> tuple[str, Any, int, str]:
         gpu = gpus[0]
     else:
         gpu = resolve_gpu(spec)
-    used = f", {_gb(gpu.used_bytes)} in use" if gpu.source == "nvml" else ""
+    used = f", {format_gb(gpu.used_bytes)} in use" if gpu.source == "nvml" else ""
     label = f"GPU {gpu.index}" if gpu.source == "nvml" else "GPU"
     where = {"nvml": "NVML", "catalogue": "catalogue", "custom": "custom size"}.get(gpu.source, "")
     return (
@@ -75,8 +73,8 @@ def _target(spec: str) -> tuple[str, Any, int, str]:
         gpu,
         gpu.free_bytes,
         (
-            f"{label}: {gpu.name} ({where}) {_gb(gpu.total_bytes)} total, "
-            f"{_gb(gpu.free_bytes)} free{used}"
+            f"{label}: {gpu.name} ({where}) {format_gb(gpu.total_bytes)} total, "
+            f"{format_gb(gpu.free_bytes)} free{used}"
         ),
     )
 
@@ -90,7 +88,7 @@ def run_estimate(args) -> int:
         Settings,
         estimate_memory,
     )
-    from qlora_studio.core.models import inspect_model
+    from qlora_studio.core.models.inspect import inspect_model
 
     try:
         cfg = _load_config(args.config, args.source)
@@ -170,27 +168,28 @@ def _print_report(info, settings, report: dict[str, Any]) -> None:
         estimate = entry["estimate"]
         print(f"\n{_NAMES[method]}  ({estimate['trainable_params']:,} trainable parameters)")
         for term in estimate["terms"]:
-            print(f"  {term['name']:<28} {_gb(term['bytes']):>10}  {term['detail']}")
+            print(f"  {term['name']:<28} {format_gb(term['bytes']):>10}  {term['detail']}")
         print(
-            f"  {'total':<28} {_gb(estimate['total_bytes']):>10}  "
+            f"  {'total':<28} {format_gb(estimate['total_bytes']):>10}  "
             f"largest term: {estimate['dominant']}"
         )
         ram = entry["system_ram"]
         print(
-            f"  system RAM: load {_gb(ram['load'])}"
-            + (f", merge {_gb(ram['merge'])}" if ram.get("merge") else "")
+            f"  system RAM: load {format_gb(ram['load'])}"
+            + (f", merge {format_gb(ram['merge'])}" if ram.get("merge") else "")
         )
         verdict = entry.get("verdict")
         if verdict:
             print(
-                f"  verdict: {verdict['status'].upper()} — needs {_gb(verdict['needed_bytes'])}"
-                f" of {_gb(verdict['available_bytes'])}; largest batch that fits "
+                f"  verdict: {verdict['status'].upper()} — "
+                f"needs {format_gb(verdict['needed_bytes'])}"
+                f" of {format_gb(verdict['available_bytes'])}; largest batch that fits "
                 f"{verdict['max_batch_size']}, longest sequence {verdict['max_seq_len']:,}"
             )
             for advice in verdict["advice"]:
                 print(f"    - {advice}")
         for term in entry["estimate"]["cpu_terms"]:
-            print(f"  in CPU RAM: {term['name']} {_gb(term['bytes'])}, {term['detail']}")
+            print(f"  in CPU RAM: {term['name']} {format_gb(term['bytes'])}, {term['detail']}")
         fit = entry.get("auto_fit")
         if fit:
             print(f"  auto-fit (train.fit: auto): {fit['reason']}")
@@ -205,8 +204,8 @@ def _print_report(info, settings, report: dict[str, Any]) -> None:
             print(
                 f"Probe ({_NAMES[probe['method']]}, {probe['steps']} steps on {probe['device']}, "
                 f"batch {probe['batch_size']} x {probe['seq_len']} tokens, "
-                f"{probe['seconds']:.0f} s): measured {_gb(probe['peak_bytes'])}, "
-                f"estimated {_gb(probe['estimate_bytes'])} at the same settings "
+                f"{probe['seconds']:.0f} s): measured {format_gb(probe['peak_bytes'])}, "
+                f"estimated {format_gb(probe['estimate_bytes'])} at the same settings "
                 f"({probe['error_pct']:+.1f}%)"
             )
 
@@ -235,8 +234,8 @@ def run_probe_command(args) -> int:
     from qlora_studio.core.errors import StudioError
     from qlora_studio.core.events import TextReporter
     from qlora_studio.core.memory import Settings, estimate_memory
-    from qlora_studio.core.models import inspect_model
-    from qlora_studio.core.probe import run_probe
+    from qlora_studio.core.models.inspect import inspect_model
+    from qlora_studio.core.training.probe import run_probe
 
     try:
         cfg = RunConfig.load(args.config).with_overrides(args.overrides)
@@ -264,7 +263,7 @@ def run_probe_command(args) -> int:
     else:
         print(
             f"{cfg.method} on {result.device}: batch {result.batch_size} x {result.seq_len} "
-            f"tokens, measured peak {_gb(result.peak_bytes)}, estimate "
-            f"{_gb(estimate.total_bytes)} ({data['error_pct']:+.1f}%)"
+            f"tokens, measured peak {format_gb(result.peak_bytes)}, estimate "
+            f"{format_gb(estimate.total_bytes)} ({data['error_pct']:+.1f}%)"
         )
     return EXIT_OK

@@ -68,8 +68,9 @@ def _grown_term(
 ) -> tuple[str, str] | None:
     """(name, size) of the largest estimate term that grows with the batch, at ``batch_shape``;
     None when the estimate cannot be made (the message then goes without it)."""
-    from qlora_studio.core.memory import Settings, _gb, estimate_memory
-    from qlora_studio.core.models import inspect_model
+    from qlora_studio.core.events import format_gb
+    from qlora_studio.core.memory import Settings, estimate_memory
+    from qlora_studio.core.models.inspect import inspect_model
 
     try:
         info = inspect_model(
@@ -87,7 +88,7 @@ def _grown_term(
     if not growing:
         return None
     largest = max(growing, key=lambda t: t.bytes)
-    return largest.name, _gb(largest.bytes)
+    return largest.name, format_gb(largest.bytes, 1)
 
 
 def _hint(

@@ -11,7 +11,7 @@ from typing import Any
 
 from qlora_studio.core.errors import StudioError
 from qlora_studio.core.events import Reporter, make_event
-from qlora_studio.core.runs import RunHistory, RunHistoryError
+from qlora_studio.core.history.store import RunHistory, RunHistoryError
 
 WRITE_INTERVAL_S = 2.0  # progress is written at most this often (checkpoints and the end at once)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from qlora_studio.config import RunConfig
+from qlora_studio.core.data.templates import stop_token_ids
 from qlora_studio.core.errors import StudioError
-from qlora_studio.core.events import NullReporter, Reporter, make_event
-from qlora_studio.core.templates import stop_token_ids
+from qlora_studio.core.events import NullReporter, Reporter, say
 
 SIDES = ("base", "tuned")
 
@@ -71,7 +71,8 @@ class ComparisonModel:
         cls, run_dir: Path, *, device: str = "auto", reporter: Reporter | None = None
     ) -> ComparisonModel:
         """Load the run's base model and its adapter (or both models of a full fine-tune)."""
-        from qlora_studio.core.training import pick_device, trained_output
+        from qlora_studio.core.models.loading import pick_device
+        from qlora_studio.core.run_folder import trained_output
 
         reporter = reporter or NullReporter()
         run_dir = Path(run_dir)
@@ -79,15 +80,15 @@ class ComparisonModel:
         device = pick_device(device)
         base_dir = _base_model_dir(run_dir, cfg, reporter)
         tokenizer = _tokenizer_of(output_dir, base_dir, cfg)
-        _say(reporter, f"Loading the base model {base_dir.name} on {device}")
+        say(reporter, f"Loading the base model {base_dir.name} on {device}")
         base = _load_causal_lm(base_dir, cfg, device, quantize=cfg.method == "qlora")
         if cfg.method == "full":
-            _say(reporter, f"Loading the tuned model from {output_dir}")
+            say(reporter, f"Loading the tuned model from {output_dir}")
             tuned = _load_causal_lm(output_dir, cfg, device, quantize=False)
             return cls(run_dir, cfg, tokenizer, tuned, base, device)
         from peft import PeftModel
 
-        _say(reporter, f"Attaching the adapter from {output_dir}")
+        say(reporter, f"Attaching the adapter from {output_dir}")
         try:
             model = PeftModel.from_pretrained(base, str(output_dir))
         except Exception as exc:  # wrong base, damaged files
@@ -221,8 +222,8 @@ class ComparisonModel:
         """(summed loss, trained tokens) of each example's completion tokens, for ``side``."""
         import torch
 
-        from qlora_studio.core.data import PaddingCollator
-        from qlora_studio.core.templates import tokenize_example
+        from qlora_studio.core.data.prepare import PaddingCollator
+        from qlora_studio.core.data.templates import tokenize_example
 
         collate = PaddingCollator(self.tokenizer.pad_token_id)
         rows = [
@@ -268,8 +269,8 @@ def _pick(logits, settings: GenerationSettings, generator) -> int:
 
 
 def _base_model_dir(run_dir: Path, cfg: RunConfig, reporter: Reporter) -> Path:
-    from qlora_studio.core.models import resolve_model
-    from qlora_studio.core.training import SUMMARY_FILE
+    from qlora_studio.core.models.sources import resolve_model
+    from qlora_studio.core.run_folder import SUMMARY_FILE
 
     try:
         recorded = json.loads((run_dir / SUMMARY_FILE).read_text()).get("model_dir")
@@ -287,17 +288,17 @@ def _base_model_dir(run_dir: Path, cfg: RunConfig, reporter: Reporter) -> Path:
 
 def _tokenizer_of(output_dir: Path, base_dir: Path, cfg: RunConfig):
     """The tokenizer saved with the adapter: it carries the chat template the run used."""
-    from qlora_studio.core.models import load_tokenizer
-    from qlora_studio.core.templates import resolve_chat_template
+    from qlora_studio.core.data.templates import resolve_chat_template
+    from qlora_studio.core.models.sources import load_tokenizer
 
     try:
         tokenizer = load_tokenizer(output_dir, trust_remote_code=cfg.model.trust_remote_code)
     except StudioError:
         tokenizer = load_tokenizer(base_dir, trust_remote_code=cfg.model.trust_remote_code)
     if not getattr(tokenizer, "chat_template", None):
-        from qlora_studio.core.training import _model_type
+        from qlora_studio.core.models.loading import model_type
 
-        resolve_chat_template(tokenizer, cfg.data.chat_template, _model_type(base_dir))
+        resolve_chat_template(tokenizer, cfg.data.chat_template, model_type(base_dir))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -308,15 +309,15 @@ def _load_causal_lm(folder: Path, cfg: RunConfig, device: str, *, quantize: bool
     import torch
     from transformers import AutoModelForCausalLM
 
-    from qlora_studio.core.training import (
-        _torch_dtype,
+    from qlora_studio.core.models.loading import (
         compute_dtype_name,
         quantization_config,
+        torch_dtype,
     )
 
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
     if device == "cuda":
-        compute = _torch_dtype(compute_dtype_name(cfg.quant.compute_dtype, device))
+        compute = torch_dtype(compute_dtype_name(cfg.quant.compute_dtype, device))
         kwargs["dtype"] = compute
         if quantize:
             kwargs["quantization_config"] = quantization_config(cfg.quant, compute)
@@ -334,7 +335,3 @@ def _load_causal_lm(folder: Path, cfg: RunConfig, device: str, *, quantize: bool
         model.to(device)
     model.config.use_cache = True
     return model.eval()
-
-
-def _say(reporter: Reporter, message: str) -> None:
-    reporter.emit(make_event("status", message=message))

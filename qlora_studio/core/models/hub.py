@@ -6,14 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from qlora_studio.core.errors import ModelSourceError
-from qlora_studio.core.events import Reporter
-from qlora_studio.core.models import (
-    _HUB_FILES,
-    _HUB_PICKLES,
-    _NOT_WEIGHTS,
-    _PICKLE_SUFFIXES,
-    _mb,
-    _status,
+from qlora_studio.core.events import Reporter, format_mb, say
+from qlora_studio.core.models.files import (
+    HUB_FILES,
+    HUB_PICKLES,
+    NOT_WEIGHTS,
+    PICKLE_SUFFIXES,
 )
 
 
@@ -27,10 +25,10 @@ def download_from_hub(
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
     failures = (OSError, ValueError, HfHubHTTPError)
-    patterns = _HUB_FILES + (["*.py"] if trust_remote_code else [])
+    patterns = HUB_FILES + (["*.py"] if trust_remote_code else [])
     listing, reason = None, "offline mode is on (HF_HUB_OFFLINE) and it is not in the local cache"
     try:  # a dry run lists the files: pickle-only weights are refused before any download
-        listing = snapshot_download(repo_id, allow_patterns=patterns + _HUB_PICKLES, dry_run=True)
+        listing = snapshot_download(repo_id, allow_patterns=patterns + HUB_PICKLES, dry_run=True)
     except GatedRepoError as exc:
         raise ModelSourceError(
             f"{repo_id} is gated on the Hugging Face Hub",
@@ -41,7 +39,7 @@ def download_from_hub(
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]
     if listing is not None:
         names = [info.filename for info in listing]
-        pickles = [n for n in names if n.endswith(_PICKLE_SUFFIXES) and not _NOT_WEIGHTS.match(n)]
+        pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES) and not NOT_WEIGHTS.match(n)]
         if pickles and not any(n.endswith(".safetensors") for n in names):
             if not allow_pickle:
                 raise ModelSourceError(
@@ -49,10 +47,10 @@ def download_from_hub(
                     hint="pick a safetensors copy, or if you trust it pass --allow-pickle (or set "
                     "model.allow_pickle: true in the run config)",
                 )
-            patterns += _HUB_PICKLES
+            patterns += HUB_PICKLES
         wanted = [i for i in listing if any(fnmatch.fnmatch(i.filename, p) for p in patterns)]
-        to_get = _mb(sum(i.file_size or 0 for i in wanted if i.will_download))
-        _status(reporter, f"Downloading {repo_id}: {to_get} to fetch", phase="downloading")
+        to_get = format_mb(sum(i.file_size or 0 for i in wanted if i.will_download))
+        say(reporter, f"Downloading {repo_id}: {to_get} to fetch", phase="downloading")
     try:
         folder = snapshot_download(
             repo_id, allow_patterns=patterns, local_files_only=listing is None

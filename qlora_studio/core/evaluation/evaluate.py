@@ -23,15 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from qlora_studio.config import RunConfig
-from qlora_studio.core.comparison import (
+from qlora_studio.core.errors import Cancelled, DatasetError
+from qlora_studio.core.evaluation.comparison import (
     SIDES,
     ComparisonModel,
     EvaluationError,
     GenerationSettings,
 )
-from qlora_studio.core.errors import Cancelled, DatasetError
-from qlora_studio.core.events import NullReporter, Reporter, make_event
-from qlora_studio.core.training import trained_output
+from qlora_studio.core.events import NullReporter, Reporter, make_event, say
+from qlora_studio.core.run_folder import trained_output
 
 EVAL_FOLDER = "evaluation"
 
@@ -156,7 +156,7 @@ class HeldOutRow:
 
 def held_out_rows(path: str, cfg: RunConfig, limit: int | None = None) -> list[HeldOutRow]:
     """The rows of a held-out file split into (conversation so far, reference answer)."""
-    from qlora_studio.core.data import load_examples
+    from qlora_studio.core.data.rows import load_examples
 
     loaded = load_examples(
         path,
@@ -230,7 +230,7 @@ def evaluate_run(
         outputs: dict[str, list[tuple[str, bool]]] = {}
         losses: dict[str, list[tuple[float, int]]] = {}
         for side in SIDES:
-            _say(reporter, f"Evaluating the {side} model on {len(rows)} rows of {data}")
+            say(reporter, f"Evaluating the {side} model on {len(rows)} rows of {data}")
             losses[side] = []
             for i in range(0, len(rows), batch_size):
                 _check(cancel)
@@ -273,7 +273,7 @@ def evaluate_run(
             model.close()
     if save:
         path = report.save(run_dir, limit)
-        _say(reporter, f"Saved the evaluation to {path}")
+        say(reporter, f"Saved the evaluation to {path}")
     return report
 
 
@@ -299,10 +299,6 @@ def _scores(rows: list[HeldOutRow], outputs: list[tuple[str, bool]], losses: lis
 def _last_user_text(conversation: list[dict]) -> str:
     users = [m["content"] for m in conversation if m["role"] == "user"]
     return users[-1] if users else ""
-
-
-def _say(reporter: Reporter, message: str) -> None:
-    reporter.emit(make_event("status", message=message))
 
 
 def _progress(reporter: Reporter, done: int, total: int, started: float) -> None:

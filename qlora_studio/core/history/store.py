@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qlora_studio.core.errors import StudioError
-from qlora_studio.core.events import parse_event_line
+from qlora_studio.core.events import format_gb, parse_event_line
 from qlora_studio.core.run_folder import (
     EVENTS_FILE,
     RunFolderError,
@@ -490,7 +490,7 @@ def describe_memory(record: RunRecord) -> str:
     """'1.23 GB GPU' / '0.80 GB RAM' / '' for a run's measured peak."""
     if not record.peak_memory_bytes:
         return ""
-    return f"{record.peak_memory_bytes / 2**30:.2f} GB {record.peak_memory_kind or ''}".strip()
+    return f"{format_gb(record.peak_memory_bytes)} {record.peak_memory_kind or ''}".strip()
 
 
 def format_time(timestamp: float | None) -> str:

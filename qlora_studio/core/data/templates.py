@@ -15,10 +15,10 @@ import weakref
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import DatasetError
+from qlora_studio.core.errors import DatasetError
 
 if TYPE_CHECKING:
-    from .data import Example
+    from qlora_studio.core.data.rows import Example
 
 TEMPLATE_NAMES = ("gemma", "chatml", "llama3", "alpaca", "plain")
 

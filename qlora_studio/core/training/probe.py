@@ -78,7 +78,7 @@ def run_probe(cfg: RunConfig, *, steps: int = 2, reporter: Reporter | None = Non
     the longest batch; return the measured peak. Writes nothing but a temporary folder."""
     import tempfile
 
-    from qlora_studio.core.training import FineTuneRecipe
+    from qlora_studio.core.training.recipe import FineTuneRecipe
 
     reporter = reporter or NullReporter()
     started = time.time()

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from qlora_studio.cli import EXIT_CANCELLED, EXIT_OK, print_failure
+from qlora_studio.cli.common import EXIT_CANCELLED, EXIT_OK, print_failure
 
 
 def add_parsers(sub) -> None:
@@ -45,9 +45,9 @@ def add_parsers(sub) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from qlora_studio.core.comparison import GenerationSettings
     from qlora_studio.core.errors import Cancelled, StudioError
-    from qlora_studio.core.evaluate import evaluate_run
+    from qlora_studio.core.evaluation.comparison import GenerationSettings
+    from qlora_studio.core.evaluation.evaluate import evaluate_run
     from qlora_studio.core.events import JsonLinesReporter, TextReporter
 
     reporter = JsonLinesReporter(sys.stdout) if args.events == "jsonl" else TextReporter(sys.stderr)
@@ -129,8 +129,8 @@ def _cut(text: str, width: int) -> str:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from qlora_studio.core.comparison import ComparisonModel, GenerationSettings
     from qlora_studio.core.errors import StudioError
+    from qlora_studio.core.evaluation.comparison import ComparisonModel, GenerationSettings
     from qlora_studio.core.events import TextReporter
 
     settings = GenerationSettings(

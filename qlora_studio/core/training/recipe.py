@@ -24,7 +24,15 @@ from qlora_studio.core.events import (
     TeeReporter,
     make_event,
 )
-from qlora_studio.core.out_of_memory import explain_out_of_memory, is_out_of_memory
+from qlora_studio.core.models.loading import (
+    compute_dtype_name,
+    explain_load_error,
+    full_weights_dtype,
+    model_type,
+    pick_device,
+    quantization_config,
+    torch_dtype,
+)
 from qlora_studio.core.run_folder import (  # noqa: F401  (the run folder's layout, re-exported)
     ADAPTER,
     CHECKPOINTS,
@@ -35,8 +43,11 @@ from qlora_studio.core.run_folder import (  # noqa: F401  (the run folder's layo
     RunFolderLock,
     create_run_folder,
     last_checkpoint,
+    make_run_dir,
     tidy_checkpoints,
+    write_json_atomic,
 )
+from qlora_studio.core.training.out_of_memory import explain_out_of_memory, is_out_of_memory
 
 OPTIMIZER_NAMES = {  # our names -> transformers' OptimizerNames
     "adamw_torch": "adamw_torch",
@@ -61,91 +72,6 @@ class TrainResult:
     final_loss: float | None = None
     eval_loss: float | None = None
     runtime_s: float = 0.0
-
-
-def pick_device(requested: str = "auto") -> str:
-    """'cuda' when asked for (or auto and available), else 'cpu'."""
-    import torch
-
-    if requested == "cpu":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    if requested == "cuda":
-        raise TrainingError(
-            "train.device is 'cuda' but PyTorch sees no CUDA GPU",
-            "install a CUDA build of torch, or set train.device: auto to train on the CPU",
-        )
-    return "cpu"
-
-
-def compute_dtype_name(requested: str, device: str) -> str:
-    """Resolve 'auto': bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU
-    (bf16 compute on the CPU made the loss climb where fp32 learned)."""
-    if requested != "auto":
-        return requested
-    if device == "cpu":
-        return "fp32"
-    import torch
-
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def full_weights_dtype(recipe: str, compute: str, device: str) -> str:
-    """The dtype full fine-tuning keeps its weights in: bf16 for the lean recipe on a GPU with
-    bf16 (no fp32 master copy), else fp32 (mixed: fp32 master weights under autocast)."""
-    # fp16 weights would need a loss scaler, which cannot unscale a gradient that is stepped
-    # and freed in backward; bf16 has fp32's exponent range and needs none. The CPU keeps fp32
-    # (bf16 compute there made the loss climb).
-    if recipe == "lean" and device == "cuda" and compute == "bf16":
-        return "bf16"
-    return "fp32"
-
-
-def _torch_dtype(name: str):
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
-
-def make_run_dir(cfg: RunConfig) -> Path:
-    """A new, empty run folder strictly inside ``output.dir`` (name or method + timestamp)."""
-    return create_run_folder(cfg.output.dir, cfg.output.name, cfg.method)
-
-
-def trained_output(
-    run_dir: Path, error: type[StudioError] = TrainingError
-) -> tuple[RunConfig, Path]:
-    """A run folder's config and its trained adapter (or full model) folder; raises ``error``
-    with a hint when ``run_dir`` is not a run folder or has nothing trained yet."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).exists():
-        raise error(
-            f"{run_dir} is not a run folder (no {CONFIG_FILE})",
-            "pass the folder that `qlora-studio train` printed as 'Run folder'",
-        )
-    cfg = RunConfig.load(run_dir / CONFIG_FILE)
-    output = run_dir / (FULL_MODEL if cfg.method == "full" else ADAPTER)
-    if not output.is_dir():
-        raise error(
-            f"{run_dir} has no trained {'model' if cfg.method == 'full' else 'adapter'} yet",
-            "finish or stop the run first: a stopped run saves what it learned so far "
-            "(`qlora-studio resume` continues a crashed run)",
-        )
-    return cfg, output
-
-
-def quantization_config(quant, compute_dtype):
-    """transformers' BitsAndBytesConfig for a QLoRA base: 4-bit NF4/FP4, double quant, compute
-    dtype, from the config's ``quant`` section."""
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=quant.quant_type,
-        bnb_4bit_use_double_quant=quant.double_quant,
-        bnb_4bit_compute_dtype=compute_dtype,
-    )
 
 
 class FineTuneRecipe:
@@ -179,8 +105,8 @@ class FineTuneRecipe:
 
     # ---- phases ---------------------------------------------------------------------------
     def setup(self) -> None:
-        from qlora_studio.core.data import prepare_dataset
-        from qlora_studio.core.models import load_tokenizer, require_weights, resolve_model
+        from qlora_studio.core.data.prepare import prepare_dataset
+        from qlora_studio.core.models.sources import load_tokenizer, require_weights, resolve_model
 
         cfg = self.cfg
         if self.resume:  # before anything else: a running trainer owns this folder
@@ -200,12 +126,12 @@ class FineTuneRecipe:
         self.tokenizer = load_tokenizer(
             self.model_dir, trust_remote_code=cfg.model.trust_remote_code
         )
-        model_type = _model_type(self.model_dir)
+        kind = model_type(self.model_dir)
         self._status(f"Reading the dataset {cfg.data.path}")
         self.prepared = prepare_dataset(
             cfg.data,
             self.tokenizer,
-            model_type=model_type,
+            model_type=kind,
             seed=cfg.train.seed,
             reporter=self.reporter,
         )
@@ -228,8 +154,8 @@ class FineTuneRecipe:
     def train(self) -> TrainResult:
         from transformers.trainer_callback import PrinterCallback
 
-        from qlora_studio.core.callbacks import make_event_callback
-        from qlora_studio.core.data import PaddingCollator
+        from qlora_studio.core.data.prepare import PaddingCollator
+        from qlora_studio.core.training.callbacks import make_event_callback
 
         cfg = self.cfg
         trainer_cls, args = self._training_arguments()
@@ -329,7 +255,7 @@ class FineTuneRecipe:
             base_model_dir=self.model_dir,
             summary=self._summary(result),
         )
-        _write_json(self.run_dir / SUMMARY_FILE, self._summary(result))
+        write_json_atomic(self.run_dir / SUMMARY_FILE, self._summary(result))
 
     def cleanup(self) -> None:
         self.model = None
@@ -367,7 +293,7 @@ class FineTuneRecipe:
         self._status(f"Run folder: {self.run_dir}")
 
     def _start_recorder(self, warn: Reporter):
-        from qlora_studio.core.run_recorder import RunRecorder
+        from qlora_studio.core.history.recorder import RunRecorder
 
         recorder = RunRecorder(
             self.run_dir,
@@ -400,18 +326,18 @@ class FineTuneRecipe:
         compute = compute_dtype_name(cfg.quant.compute_dtype, self.device)
         kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
         if method == "qlora":
-            kwargs["quantization_config"] = quantization_config(cfg.quant, _torch_dtype(compute))
-            kwargs["dtype"] = _torch_dtype(compute)
+            kwargs["quantization_config"] = quantization_config(cfg.quant, torch_dtype(compute))
+            kwargs["dtype"] = torch_dtype(compute)
             kwargs["device_map"] = {"": self.device}
         elif method == "lora":
-            kwargs["dtype"] = _torch_dtype(compute)
+            kwargs["dtype"] = torch_dtype(compute)
         else:  # full: lean = bf16 on a GPU, stepped in backward; mixed = fp32 under autocast
             weights = full_weights_dtype(cfg.train.full_recipe, compute, self.device)
             kwargs["dtype"] = torch.bfloat16 if weights == "bf16" else torch.float32
         try:
             model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), **kwargs)
         except Exception as exc:
-            raise _explain_load_error(exc, self.model_dir) from exc
+            raise explain_load_error(exc, self.model_dir) from exc
         if method != "qlora":
             model.to(self.device)
         model.config.use_cache = False
@@ -511,20 +437,20 @@ class FineTuneRecipe:
             dataloader_pin_memory=self.device == "cuda",
             **mixed,
         )
-        from qlora_studio.core.lean_loss import choose_loss_path, with_lean_loss
+        from qlora_studio.core.training.lean_loss import choose_loss_path, with_lean_loss
 
         loss_path = choose_loss_path(self.model, t, self.device)
         self._status(loss_path.message)
         Trainer = with_lean_loss(Trainer, loss_path)  # the class the recipe builds on
         if in_backward:
-            from qlora_studio.core.optimizer_in_backward import with_optimizer_in_backward
+            from qlora_studio.core.training.optimizer_in_backward import with_optimizer_in_backward
 
             return with_optimizer_in_backward(Trainer), args
         return Trainer, args
 
     # ---- helpers --------------------------------------------------------------------------
     def _summary(self, result: TrainResult) -> dict[str, Any]:
-        from qlora_studio.core.templates import stop_tokens
+        from qlora_studio.core.data.templates import stop_tokens
 
         stats = self.prepared.stats
         return {
@@ -559,80 +485,30 @@ class FineTuneRecipe:
             raise Cancelled("Stopped before training started", "nothing was trained")
 
 
-def run_training(
-    cfg: RunConfig,
-    *,
-    reporter: Reporter | None = None,
-    cancel: threading.Event | None = None,
-    run_dir: Path | None = None,
-    resume: bool = False,
-) -> TrainResult:
-    """Run (or resume) a fine-tune end to end and report its events; return what it left.
+# ---- Trainer glue ---------------------------------------------------------------------------
+class _ListDataset:
+    """A list of tokenized examples as a map-style dataset."""
 
-    Raises StudioError subclasses with a message and a hint; ``Cancelled`` only when stopped
-    before the first step (a stop during training returns a result with status 'cancelled').
-    """
-    recipe = FineTuneRecipe(cfg, reporter=reporter, cancel=cancel, run_dir=run_dir, resume=resume)
-    try:
-        recipe.setup()
-        result = recipe.train()
-        recipe.save(result)
-        if result.status == "cancelled":
-            recipe.reporter.emit(
-                make_event(
-                    "cancelled",
-                    step=result.step,
-                    checkpoint=str(result.checkpoint) if result.checkpoint else "",
-                )
-            )
-        else:
-            recipe.reporter.emit(
-                make_event(
-                    "done",
-                    step=result.step,
-                    run_dir=str(result.run_dir),
-                    adapter_dir=str(result.output_dir),
-                    final_loss=result.final_loss,
-                    runtime_s=round(result.runtime_s, 2),
-                )
-            )
-        return result
-    except StudioError as exc:
-        if recipe.writes_run_dir and not isinstance(exc, Cancelled):
-            _write_json(recipe.run_dir / SUMMARY_FILE, {"status": "failed", "error": exc.message})
-        recipe.record_outcome("cancelled" if isinstance(exc, Cancelled) else "failed", exc.message)
-        raise
-    except KeyboardInterrupt:  # a second Ctrl-C: the checkpoints so far are kept
-        if recipe.writes_run_dir:  # ...but not one it cut short while saving
-            tidy_checkpoints(recipe.run_dir, recipe.cfg.train.save_total_limit)
-        recipe.record_outcome("cancelled", "interrupted")
-        raise
-    except Exception as exc:
-        recipe.record_outcome("failed", f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        recipe.cleanup()
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.rows[index]
 
 
-def resume_training(
-    run_dir: Path,
-    *,
-    reporter: Reporter | None = None,
-    cancel: threading.Event | None = None,
-    overrides: list[str] | None = None,
-) -> TrainResult:
-    """Continue the run in ``run_dir`` from its last checkpoint with its saved config."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.exists():
-        raise TrainingError(
-            f"{run_dir} is not a run folder (no {CONFIG_FILE})",
-            "pass the folder that `qlora-studio train` printed as 'Run folder'",
+# ---- errors a user can cause ----------------------------------------------------------------
+def _explain_training_error(exc: Exception, step: int) -> StudioError:
+    if isinstance(exc, StudioError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return TrainingError(
+            f"The disk is full ({exc.filename or 'while saving'})",
+            "free some space or point output.dir at another disk; checkpoints so far are kept",
         )
-    cfg = RunConfig.load(config_path)
-    if overrides:
-        cfg = cfg.with_overrides(overrides)
-    return run_training(cfg, reporter=reporter, cancel=cancel, run_dir=run_dir, resume=True)
+    return TrainingError(f"Training failed at step {step}: {type(exc).__name__}: {exc}", "")
 
 
 def _refuse_finished_run(run_dir: Path, cfg: RunConfig) -> None:
@@ -660,57 +536,3 @@ def _refuse_finished_run(run_dir: Path, cfg: RunConfig) -> None:
             f"{run_dir.name} already finished at step {step}: nothing to resume",
             f"to train it further, resume with --set train.max_steps=N where N > {step}",
         )
-
-
-# ---- Trainer glue ---------------------------------------------------------------------------
-class _ListDataset:
-    """A list of tokenized examples as a map-style dataset."""
-
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.rows[index]
-
-
-# ---- errors a user can cause ----------------------------------------------------------------
-def _explain_training_error(exc: Exception, step: int) -> StudioError:
-    if isinstance(exc, StudioError):
-        return exc
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return TrainingError(
-            f"The disk is full ({exc.filename or 'while saving'})",
-            "free some space or point output.dir at another disk; checkpoints so far are kept",
-        )
-    return TrainingError(f"Training failed at step {step}: {type(exc).__name__}: {exc}", "")
-
-
-def _explain_load_error(exc: Exception, model_dir: Path) -> StudioError:
-    message = str(exc)
-    if "bitsandbytes" in message.lower():
-        return TrainingError(
-            f"4-bit loading failed: {message}",
-            "QLoRA needs bitsandbytes >= 0.46 (pip install -U bitsandbytes), or choose method lora",
-        )
-    if "out of memory" in message.lower():
-        return TrainingError(
-            f"Out of memory while loading {model_dir.name}",
-            "choose QLoRA (4-bit base) or a smaller model; `qlora-studio estimate` shows what fits",
-        )
-    return TrainingError(f"Could not load the model from {model_dir}: {message}", "")
-
-
-def _model_type(model_dir: Path) -> str:
-    try:
-        return json.loads((Path(model_dir) / "config.json").read_text()).get("model_type", "")
-    except (OSError, ValueError):
-        return ""
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""Training data: rows from files, chat templates, tokenized and analysed datasets."""

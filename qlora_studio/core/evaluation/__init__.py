@@ -1,0 +1,1 @@
+"""Base against tuned: loading both, generating, scoring held-out rows, chat sessions."""
