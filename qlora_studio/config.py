@@ -11,21 +11,74 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
-METHODS = ("full", "lora", "qlora")
-DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
-CHAT_TEMPLATES = ("auto", "tokenizer", "gemma", "chatml", "llama3", "alpaca", "plain")
-TRAIN_ON = ("completions", "all")
-QUANT_TYPES = ("nf4", "fp4")
-COMPUTE_DTYPES = ("auto", "bf16", "fp16", "fp32")
-OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd")
-SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-LOSS_IMPLS = ("auto", "chunked", "liger", "full_logits")
-FULL_RECIPES = ("lean", "mixed")
-FIT_MODES = ("off", "auto")
+# Every choice a run offers, defined once: the dataclass fields below are typed with these, the
+# GUI's combo boxes and the CLI's argparse choices read the tuples, the error lists them.
+Method = Literal["full", "lora", "qlora"]
+DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"]
+ChatTemplate = Literal["auto", "tokenizer", "gemma", "chatml", "llama3", "alpaca", "plain"]
+TrainOn = Literal["completions", "all"]
+QuantType = Literal["nf4", "fp4"]
+ComputeDtype = Literal["auto", "bf16", "fp16", "fp32"]
+Dtype = Literal["bf16", "fp16", "fp32"]  # a compute dtype once "auto" is resolved
+Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"]
+Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
+Device = Literal["auto", "cuda", "cpu"]
+LossImpl = Literal["auto", "chunked", "liger", "full_logits"]
+FullRecipe = Literal["lean", "mixed"]
+FitMode = Literal["off", "auto"]
+
+METHODS: tuple[Method, ...] = get_args(Method)
+DATA_FORMATS: tuple[DataFormat, ...] = get_args(DataFormat)
+CHAT_TEMPLATES: tuple[ChatTemplate, ...] = get_args(ChatTemplate)
+TRAIN_ON: tuple[TrainOn, ...] = get_args(TrainOn)
+QUANT_TYPES: tuple[QuantType, ...] = get_args(QuantType)
+COMPUTE_DTYPES: tuple[ComputeDtype, ...] = get_args(ComputeDtype)
+OPTIMIZERS: tuple[Optimizer, ...] = get_args(Optimizer)
+SCHEDULERS: tuple[Scheduler, ...] = get_args(Scheduler)
+DEVICES: tuple[Device, ...] = get_args(Device)
+LOSS_IMPLS: tuple[LossImpl, ...] = get_args(LossImpl)
+FULL_RECIPES: tuple[FullRecipe, ...] = get_args(FullRecipe)
+FIT_MODES: tuple[FitMode, ...] = get_args(FitMode)
+
+# what the GUI, the CLI's text output and the messages call each method
+METHOD_LABELS: dict[Method, str] = {"full": "Full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
+# one line each: what trains and what stays frozen (the GUI's tooltips)
+METHOD_SUMMARIES: dict[Method, str] = {
+    "full": "Every weight trains: ~16-18 bytes per parameter before activations.",
+    "lora": "Frozen 16-bit base + small trainable low-rank adapters.",
+    "qlora": "Frozen base stored in 4-bit NF4 + LoRA: the least memory.",
+}
+# the named chat templates (``data.chat_template``): every choice but auto and tokenizer
+TEMPLATE_NAMES: tuple[ChatTemplate, ...] = tuple(
+    t for t in CHAT_TEMPLATES if t not in ("auto", "tokenizer")
+)
+# the row formats a dataset can have (``data.format``): every choice but auto
+ROW_FORMATS: tuple[DataFormat, ...] = tuple(f for f in DATA_FORMATS if f != "auto")
+# the optimizers that keep Adam's two states per value, and those of them with 8-bit states
+EIGHT_BIT_OPTIMIZERS: tuple[Optimizer, ...] = ("adamw_8bit", "paged_adamw_8bit")
+ADAM_OPTIMIZERS: tuple[Optimizer, ...] = tuple(o for o in OPTIMIZERS if o != "sgd")
+
+
+def resolve_compute_dtype(requested: str, device: str, bf16_supported: bool = True) -> Dtype:
+    """The compute dtype a run uses: ``requested`` unless it is "auto", which means bf16 on a
+    GPU that supports it (compute capability 8.0+), fp16 on an older GPU, and fp32 on the CPU
+    (bf16 compute on the CPU made the loss climb where fp32 learned). The one rule training,
+    the estimator and auto-fit share; pure, so planning for a GPU needs no torch."""
+    if requested == "auto":
+        if device != "cuda":
+            return "fp32"
+        return "bf16" if bf16_supported else "fp16"
+    if requested not in get_args(Dtype):
+        raise ConfigError(
+            "quant.compute_dtype",
+            f"{requested!r} is not allowed",
+            "allowed values: " + ", ".join(COMPUTE_DTYPES),
+        )
+    return requested  # type: ignore[return-value]  # checked against Dtype just above
 
 
 class ConfigError(ValueError):
@@ -81,17 +134,17 @@ class DataConfig:
     path: str = _help(
         "", "training data: .jsonl .json .csv .tsv .parquet .txt, a folder or a hub id"
     )
-    format: str = _help("auto", "row format; 'auto' detects it from the columns")
+    format: DataFormat = _help("auto", "row format; 'auto' detects it from the columns")
     columns: dict[str, str] = _help(
         None, "map our names to yours, e.g. {prompt: question, completion: answer}", factory=dict
     )
-    chat_template: str = _help(
+    chat_template: ChatTemplate | str = _help(
         "auto", "'auto' = the tokenizer's template, or a fallback chosen for the model"
     )
     max_length: int = _help(512, "tokens per example after templating; longer rows are truncated")
     validation_split: float = _help(0.1, "share of rows held out for evaluation (0 = none)")
     eval_path: str = _help("", "a separate validation file (overrides validation_split)")
-    train_on: str = _help(
+    train_on: TrainOn = _help(
         "completions", "'completions' = loss on answers only; 'all' = every token"
     )
     system_prompt: str = _help("", "system message added to conversations that have none")
@@ -149,10 +202,12 @@ class LoraConfig:
 
 @dataclass
 class QuantConfig:
-    quant_type: str = _help("nf4", "4-bit data type of the frozen base: nf4 (paper) or fp4")
+    quant_type: QuantType = _help("nf4", "4-bit data type of the frozen base: nf4 (paper) or fp4")
     double_quant: bool = _help(True, "quantize the quantization constants too (~0.37 bit/param)")
-    compute_dtype: str = _help(
-        "auto", "dtype of the dequantized matmuls; auto = bf16 on GPU, fp32 on CPU"
+    compute_dtype: ComputeDtype = _help(
+        "auto",
+        "dtype of the 4-bit base's dequantized matmuls (QLoRA) and of the frozen 16-bit base "
+        "(LoRA); auto = bf16 on a GPU with bf16 (fp16 on older GPUs), fp32 on the CPU",
     )
 
     def validate(self) -> None:
@@ -169,11 +224,11 @@ class TrainConfig:
     batch_size: int = _help(4, "examples per device step; activation memory grows with it")
     grad_accum: int = _help(1, "steps accumulated per optimizer step (effective batch multiplier)")
     lr: float = _help(2e-4, "peak learning rate; 1e-4..3e-4 for LoRA, ~1e-5 for full")
-    scheduler: str = _help("cosine", "learning-rate schedule after warmup")
+    scheduler: Scheduler = _help("cosine", "learning-rate schedule after warmup")
     warmup_ratio: float = _help(0.03, "share of steps spent warming the learning rate up")
     weight_decay: float = _help(0.0, "AdamW weight decay")
     max_grad_norm: float = _help(1.0, "gradient clipping")
-    optimizer: str = _help("paged_adamw_8bit", "8-bit/paged optimizers keep Adam state small")
+    optimizer: Optimizer = _help("paged_adamw_8bit", "8-bit/paged optimizers keep Adam state small")
     gradient_checkpointing: bool = _help(
         True, "recompute activations: far less memory, ~30% slower"
     )
@@ -182,8 +237,8 @@ class TrainConfig:
     eval_steps: int = _help(0, "evaluate every N steps; 0 = at the end only")
     save_steps: int = _help(50, "checkpoint every N steps (a stopped run resumes from the last)")
     save_total_limit: int = _help(2, "checkpoints kept on disk")
-    device: str = _help("auto", "'auto' (cuda if present), 'cuda' or 'cpu'")
-    loss_impl: str = _help(
+    device: Device = _help("auto", "'auto' (cuda if present), 'cuda' or 'cpu'")
+    loss_impl: LossImpl = _help(
         "auto",
         "how the loss is computed: chunked = the lm_head runs a chunk of trained tokens at a time "
         "(no batch x seq x vocab logits); liger = liger-kernel's fused linear cross-entropy "
@@ -193,7 +248,7 @@ class TrainConfig:
     loss_chunk_tokens: int = _help(
         1024, "trained tokens per lm_head chunk (chunked loss); the logits memory grows with it"
     )
-    full_recipe: str = _help(
+    full_recipe: FullRecipe = _help(
         "lean",
         "full fine-tuning: lean = bf16 weights on a GPU, the optimizer (paged 8-bit AdamW by "
         "default) stepped in backward (no clipping across all parameters, no grad "
@@ -201,7 +256,7 @@ class TrainConfig:
         "bf16 autocast. The CPU (and a GPU without bf16) trains fp32 weights; lean still steps "
         "in backward there",
     )
-    fit: str = _help(
+    fit: FitMode = _help(
         "off",
         "auto = before the model loads, pick gradient checkpointing and a micro-batch with "
         "gradient accumulation that keep the effective batch (batch_size x grad_accum) and fit "
@@ -228,7 +283,7 @@ class TrainConfig:
         _positive("train", "lr", self.lr)
         _choice("train", "scheduler", self.scheduler, SCHEDULERS)
         _choice("train", "optimizer", self.optimizer, OPTIMIZERS)
-        _choice("train", "device", self.device, ("auto", "cuda", "cpu"))
+        _choice("train", "device", self.device, DEVICES)
         _choice("train", "loss_impl", self.loss_impl, LOSS_IMPLS)
         _choice("train", "full_recipe", self.full_recipe, FULL_RECIPES)
         _choice("train", "fit", self.fit, FIT_MODES)
@@ -284,11 +339,13 @@ def check_run_name(name: str) -> None:
 
 @dataclass
 class RunConfig:
-    method: str = _help("qlora", "full | lora | qlora")
+    method: Method = _help("qlora", " | ".join(METHODS))
     model: ModelConfig = _help(None, "the base model", factory=ModelConfig)
     data: DataConfig = _help(None, "the dataset", factory=DataConfig)
     lora: LoraConfig = _help(None, "LoRA adapter (lora and qlora)", factory=LoraConfig)
-    quant: QuantConfig = _help(None, "4-bit base (qlora only)", factory=QuantConfig)
+    quant: QuantConfig = _help(
+        None, "4-bit base (qlora); compute_dtype also sets LoRA's base dtype", factory=QuantConfig
+    )
     train: TrainConfig = _help(None, "optimisation", factory=TrainConfig)
     output: OutputConfig = _help(None, "where runs are written", factory=OutputConfig)
 

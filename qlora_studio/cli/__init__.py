@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from qlora_studio.cli.common import EXIT_OK, events_arg, model_safety_args
+from qlora_studio.config import CHAT_TEMPLATES, DATA_FORMATS, METHODS, TRAIN_ON
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -58,7 +59,9 @@ def _build_parser() -> argparse.ArgumentParser:
     idata.add_argument("path", help="a data file, folder or hub dataset id")
     idata.add_argument("--model", help="tokenize with this model's tokenizer (for lengths/preview)")
     model_safety_args(idata)
-    idata.add_argument("--format", default="auto", help="force a format (alpaca, sharegpt, ...)")
+    idata.add_argument(
+        "--format", default="auto", choices=DATA_FORMATS, help="force a format (auto detects it)"
+    )
     idata.add_argument(
         "--column",
         dest="columns",
@@ -67,9 +70,13 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="OURS=YOURS",
         help="column mapping, e.g. --column prompt=question",
     )
-    idata.add_argument("--chat-template", default="auto", help="template name (see config)")
+    idata.add_argument(
+        "--chat-template",
+        default="auto",
+        help=f"{', '.join(CHAT_TEMPLATES)}, or a Jinja template string",
+    )
     idata.add_argument("--max-length", type=int, default=512, help="tokens per example")
-    idata.add_argument("--train-on", default="completions", choices=["completions", "all"])
+    idata.add_argument("--train-on", default="completions", choices=TRAIN_ON)
     idata.add_argument("--json", action="store_true", help="print JSON")
 
     export = sub.add_parser("export", help="export a run's adapter, or merge it into the base")
@@ -86,7 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     est.add_argument("--config", help="take batch size, sequence length, rank... from a run config")
     model_safety_args(est)
-    est.add_argument("--method", default="all", choices=["full", "lora", "qlora", "all"])
+    est.add_argument("--method", default="all", choices=[*METHODS, "all"])
     est.add_argument("--batch-size", type=int, help="examples per step")
     est.add_argument("--seq-len", type=int, help="tokens per example (the longest batch)")
     est.add_argument(

@@ -39,22 +39,36 @@ def add_parsers(sub) -> None:
     chat.add_argument("--top-p", type=float, default=1.0)
     chat.add_argument("--seed", type=int, default=0)
     chat.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    chat.add_argument(
+        "--serve",
+        action="store_true",
+        help="answer JSON requests on stdin with JSON-line events on stdout (used by the GUI): "
+        '{"op": "generate", "id": 1, "messages": [{"role": "user", "content": "Hi"}], '
+        '"sides": ["base", "tuned"], "settings": {"max_new_tokens": 64}}, '
+        '{"op": "stop"}, {"op": "reset"}, {"op": "quit"}',
+    )
 
 
 # ---------------------------------------------------------------- eval
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """Score base vs tuned. Ctrl-C, SIGTERM or a 'stop' line on stdin stop it cleanly (exit
+    130, a ``cancelled`` event); with ``--events jsonl`` the last event is ``done`` and its
+    ``report_path`` names the saved report."""
+    from qlora_studio.cli.common import fail, listen_for_stop, reporter_for
     from qlora_studio.core.errors import Cancelled, StudioError
-    from qlora_studio.core.evaluation.comparison import GenerationSettings
-    from qlora_studio.core.evaluation.evaluate import evaluate_run
-    from qlora_studio.core.events import JsonLinesReporter, TextReporter
+    from qlora_studio.core.evaluation.evaluate import evaluate_run, report_file
+    from qlora_studio.core.evaluation.settings import GenerationSettings
+    from qlora_studio.core.events import make_event
 
-    reporter = JsonLinesReporter(sys.stdout) if args.events == "jsonl" else TextReporter(sys.stderr)
+    jsonl = args.events == "jsonl"
+    reporter = _StepTracker(reporter_for(args.events))
     settings = None
     if args.max_new_tokens:
         settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     cancel = threading.Event()
+    listen_for_stop(cancel)
     try:
         report = evaluate_run(
             Path(args.run_dir),
@@ -66,19 +80,55 @@ def run_eval(args: argparse.Namespace) -> int:
             reporter=reporter,
             cancel=cancel,
         )
-    except Cancelled as exc:
-        print_failure(exc.message, exc.hint)
+    except (Cancelled, KeyboardInterrupt) as exc:
+        message, hint = "Evaluation stopped", "nothing was saved; run it again to finish"
+        if isinstance(exc, Cancelled):
+            message, hint = exc.message, exc.hint
+        if jsonl:
+            reporter.emit(make_event("cancelled", step=reporter.step, checkpoint=""))
+            reporter.emit(make_event("status", message=f"{message}: {hint}"))
+        else:
+            print_failure(message, hint)
         return EXIT_CANCELLED
     except StudioError as exc:
+        if jsonl:
+            return fail(reporter, exc.message, exc.hint)
         return print_failure(exc.message, exc.hint)
-    except KeyboardInterrupt:
-        print_failure("Evaluation interrupted", "nothing was saved")
-        return EXIT_CANCELLED
+    if jsonl:
+        path = report_file(Path(args.run_dir), report.data, args.limit)
+        reporter.emit(
+            make_event(
+                "done",
+                step=reporter.step,
+                run_dir=str(report.run_dir),
+                adapter_dir=str(Path(report.run_dir) / _output_name(report.method)),
+                report_path=str(path),
+                runtime_s=report.runtime_s,
+            )
+        )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
-    elif args.events == "text":
+    elif not jsonl:
         print_report(report, rows=args.rows)
     return EXIT_OK
+
+
+class _StepTracker:
+    """Passes events on and remembers the last progress step (for the cancelled event)."""
+
+    def __init__(self, reporter):
+        self.reporter, self.step = reporter, 0
+
+    def emit(self, event: dict) -> None:
+        if event.get("type") == "progress":
+            self.step = event["step"]
+        self.reporter.emit(event)
+
+
+def _output_name(method: str) -> str:
+    from qlora_studio.core.run_folder import ADAPTER, FULL_MODEL
+
+    return FULL_MODEL if method == "full" else ADAPTER
 
 
 def print_report(report, rows: int = 10) -> None:
@@ -139,6 +189,8 @@ def run_chat(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
     )
+    if args.serve:
+        return _serve(args, settings)
     try:
         settings.validate()
         model = ComparisonModel.load(
@@ -174,6 +226,30 @@ def run_chat(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return EXIT_OK
+    finally:
+        model.close()
+
+
+def _serve(args: argparse.Namespace, settings) -> int:
+    """``chat --serve``: load once, then answer requests until quit or the end of stdin."""
+    from qlora_studio.cli.common import fail
+    from qlora_studio.core.errors import StudioError
+    from qlora_studio.core.evaluation.chat import serve
+    from qlora_studio.core.evaluation.comparison import ComparisonModel
+    from qlora_studio.core.events import JsonLinesReporter
+
+    reporter = JsonLinesReporter(sys.stdout)
+    try:
+        settings.validate()
+        model = ComparisonModel.load(Path(args.run_dir), device=args.device, reporter=reporter)
+    except StudioError as exc:
+        return fail(reporter, exc.message, exc.hint)
+    except KeyboardInterrupt:
+        return EXIT_CANCELLED
+    try:
+        return serve(model, sys.stdin, reporter, defaults=settings, system=args.system)
+    except KeyboardInterrupt:
+        return EXIT_CANCELLED
     finally:
         model.close()
 

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from qlora_studio.cli.common import EXIT_OK, print_failure
+from qlora_studio.config import METHOD_LABELS
 from qlora_studio.core.events import format_gb
 
-_NAMES = {"full": "Full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
-
-
-def _launcher() -> list[str]:
-    """How to run this CLI in a child process; a frozen (PyInstaller) app is its own CLI."""
-    if getattr(sys, "frozen", False):
-        return [sys.executable]
-    return [sys.executable, "-m", "qlora_studio"]
+_EVENT_KEYS = ("type", "time", "step", "run_dir", "adapter_dir")  # the done event around a probe
 
 
 def _load_config(path: str | None, source: str):
@@ -80,14 +73,11 @@ def _target(spec: str) -> tuple[str, Any, int, str]:
 
 
 def run_estimate(args) -> int:
-    from qlora_studio.config import ConfigError
+    from qlora_studio.config import METHODS, ConfigError
     from qlora_studio.core.errors import StudioError
     from qlora_studio.core.fit import judge, system_ram_needed
-    from qlora_studio.core.memory import (
-        METHODS,
-        Settings,
-        estimate_memory,
-    )
+    from qlora_studio.core.memory import estimate_memory
+    from qlora_studio.core.memory_settings import Settings
     from qlora_studio.core.models.inspect import inspect_model
 
     try:
@@ -102,7 +92,8 @@ def run_estimate(args) -> int:
         return print_failure(f"config error: {exc.field}: {exc.message}", exc.hint)
     except StudioError as exc:
         return print_failure(exc.message, exc.hint)
-    settings = Settings.from_config(cfg, device=device)
+    bf16 = gpu.bf16_supported if gpu is not None else True
+    settings = Settings.from_config(cfg, device=device, bf16_supported=bf16)
     if args.batch_size:
         settings.batch_size = args.batch_size
     if args.seq_len:
@@ -128,7 +119,7 @@ def run_estimate(args) -> int:
         if available:
             entry["verdict"] = judge(estimate, info, settings, available).to_dict()
         if cfg.train.fit == "auto":
-            entry["auto_fit"] = _auto_fit(info, cfg, method, settings, device, available)
+            entry["auto_fit"] = _auto_fit(info, cfg, method, settings, device, available, bf16)
         report["methods"][method] = entry
     if args.probe:
         probe_method = cfg.method if args.method == "all" else args.method
@@ -140,7 +131,9 @@ def run_estimate(args) -> int:
     return EXIT_OK
 
 
-def _auto_fit(info, cfg, method: str, settings, device: str, available: int) -> dict[str, Any]:
+def _auto_fit(
+    info, cfg, method: str, settings, device: str, available: int, bf16_supported: bool
+) -> dict[str, Any]:
     """What ``train.fit: auto`` would choose for ``method`` (FitChoice as a dict), or why there
     is nothing to fit against."""
     from qlora_studio.config import RunConfig
@@ -152,7 +145,7 @@ def _auto_fit(info, cfg, method: str, settings, device: str, available: int) -> 
     trial = RunConfig.from_dict(cfg.to_dict())
     trial.method = method
     trial.train.batch_size, trial.data.max_length = settings.batch_size, settings.seq_len
-    return auto_fit(info, trial, available).to_dict()
+    return auto_fit(info, trial, available, bf16_supported=bf16_supported).to_dict()
 
 
 def _print_report(info, settings, report: dict[str, Any]) -> None:
@@ -166,7 +159,7 @@ def _print_report(info, settings, report: dict[str, Any]) -> None:
     print(report["target"]["line"])
     for method, entry in report["methods"].items():
         estimate = entry["estimate"]
-        print(f"\n{_NAMES[method]}  ({estimate['trainable_params']:,} trainable parameters)")
+        print(f"\n{METHOD_LABELS[method]}  ({estimate['trainable_params']:,} trainable parameters)")
         for term in estimate["terms"]:
             print(f"  {term['name']:<28} {format_gb(term['bytes']):>10}  {term['detail']}")
         print(
@@ -202,7 +195,8 @@ def _print_report(info, settings, report: dict[str, Any]) -> None:
             print(f"Probe failed: {probe['error']}")
         else:
             print(
-                f"Probe ({_NAMES[probe['method']]}, {probe['steps']} steps on {probe['device']}, "
+                f"Probe ({METHOD_LABELS[probe['method']]}, "
+                f"{probe['steps']} steps on {probe['device']}, "
                 f"batch {probe['batch_size']} x {probe['seq_len']} tokens, "
                 f"{probe['seconds']:.0f} s): measured {format_gb(probe['peak_bytes'])}, "
                 f"estimated {format_gb(probe['estimate_bytes'])} at the same settings "
@@ -211,32 +205,35 @@ def _print_report(info, settings, report: dict[str, Any]) -> None:
 
 
 def _probe_child(cfg, method: str, settings) -> dict[str, Any]:
-    """Run the probe in a fresh process so only its own memory is measured."""
+    """Run the probe in a fresh process so only its own memory is measured: its result, or
+    ``{"error": message}``."""
+    from qlora_studio.core.child import ChildProcess
+
     cfg.method = method
     cfg.train.batch_size = settings.batch_size
     cfg.data.max_length = settings.seq_len
     with tempfile.TemporaryDirectory(prefix="qlora-probe-cfg-") as tmp:
         path = cfg.save(Path(tmp) / "probe.yaml")
         print(f"• probing {method}: two training steps on the longest batch...", file=sys.stderr)
-        result = subprocess.run(
-            [*_launcher(), "probe", str(path), "--json"],
-            capture_output=True,
-            text=True,
-        )
-    if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        return {"error": " | ".join(lines[-2:]) or f"exit code {result.returncode}"}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        outcome = ChildProcess(["probe", str(path), "--json"]).run()
+    if outcome["type"] != "done":
+        return {"error": outcome.get("message") or "the probe was stopped"}
+    return {k: v for k, v in outcome.items() if k not in _EVENT_KEYS}
 
 
 def run_probe_command(args) -> int:
+    """Two real training steps, measured. With ``--json`` the one JSON object printed is also a
+    ``done`` event (or an ``error`` event), so a GUI job reads it as the command's outcome; a
+    ``stop`` line on stdin or Ctrl-C ends the probe at once (exit 130)."""
     from qlora_studio.config import ConfigError, RunConfig
     from qlora_studio.core.errors import StudioError
-    from qlora_studio.core.events import TextReporter
-    from qlora_studio.core.memory import Settings, estimate_memory
+    from qlora_studio.core.events import TextReporter, make_event
+    from qlora_studio.core.memory import estimate_memory
+    from qlora_studio.core.memory_settings import Settings
     from qlora_studio.core.models.inspect import inspect_model
     from qlora_studio.core.training.probe import run_probe
 
+    _exit_when_stopped()
     try:
         cfg = RunConfig.load(args.config).with_overrides(args.overrides)
         result = run_probe(cfg, reporter=TextReporter(sys.stderr))
@@ -246,9 +243,10 @@ def run_probe_command(args) -> int:
             trust_remote_code=cfg.model.trust_remote_code,
         )
     except ConfigError as exc:
-        return print_failure(f"config error: {exc.field}: {exc.message}", exc.hint)
+        message = f"config error: {exc.field}: {exc.message}"
+        return _probe_failure(args.json, message, exc.hint)
     except StudioError as exc:
-        return print_failure(exc.message, exc.hint)
+        return _probe_failure(args.json, exc.message, exc.hint)
     settings = Settings.from_config(cfg, device=result.device)
     settings.seq_len = result.seq_len
     estimate = estimate_memory(info, settings, cfg.method)
@@ -259,7 +257,8 @@ def run_probe_command(args) -> int:
         "terms": {t.name: t.bytes for t in estimate.terms},
     }
     if args.json:
-        print(json.dumps(data))
+        done = make_event("done", step=result.steps, run_dir="", adapter_dir="")
+        print(json.dumps(done | data))
     else:
         print(
             f"{cfg.method} on {result.device}: batch {result.batch_size} x {result.seq_len} "
@@ -267,3 +266,40 @@ def run_probe_command(args) -> int:
             f"{format_gb(estimate.total_bytes)} ({data['error_pct']:+.1f}%)"
         )
     return EXIT_OK
+
+
+def _probe_failure(as_json: bool, message: str, hint: str) -> int:
+    if as_json:
+        from qlora_studio.core.events import make_event
+
+        print(json.dumps(make_event("error", message=message, hint=hint or "")), flush=True)
+    return print_failure(message, hint)
+
+
+def _exit_when_stopped() -> None:
+    """The probe has no step to stop after and writes nothing worth keeping: a ``stop`` line
+    on stdin (how the GUI cancels a job) or Ctrl-C ends the process at once."""
+    import os
+    import signal
+    import threading
+
+    from qlora_studio.cli.common import EXIT_CANCELLED
+
+    def stop(*_args) -> None:
+        print("■ probe stopped", file=sys.stderr, flush=True)
+        os._exit(EXIT_CANCELLED)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+    if sys.stdin is not None and not sys.stdin.isatty():
+
+        def read_stdin() -> None:
+            try:
+                for line in sys.stdin:
+                    if line.strip().lower() in {"stop", "cancel"}:
+                        stop()
+            except (OSError, ValueError):
+                return
+
+        threading.Thread(target=read_stdin, name="stop-listener", daemon=True).start()

@@ -59,6 +59,7 @@ def cmd_export(args) -> int:
     reporter = reporter_for(args.events)
 
     def work(cancel):
+        from qlora_studio.core.events import make_event
         from qlora_studio.core.export import export_run
 
         dest = export_run(
@@ -69,6 +70,12 @@ def cmd_export(args) -> int:
         )
         if args.events == "text":
             print(dest)
+        else:  # where it went, for the GUI
+            reporter.emit(
+                make_event(
+                    "done", step=0, run_dir=args.run_dir, adapter_dir="", export_dir=str(dest)
+                )
+            )
         return None
 
     return run_until_stopped(work, reporter)

@@ -34,6 +34,10 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "error": {"message": (str,), "hint": (str,)},
     "cancelled": {"step": (int,), "checkpoint": (str,)},
     "token": {"side": (str,), "text": (str,)},  # a streamed piece of a generated answer
+    # `chat --serve`: the models are loaded (extra: stop_tokens, chat_template, sides) ...
+    "ready": {"run_dir": (str,), "method": (str,), "device": (str,)},
+    # ... and one side's whole answer to request `id` (extra: stopped, true when cut short)
+    "answer": {"id": (int,), "side": (str,), "text": (str,)},
 }
 _OPTIONAL_NUMBERS = {
     "metrics": ("loss", "eval_loss", "lr", "grad_norm", "epoch"),
@@ -45,6 +49,9 @@ _OPTIONAL_NUMBERS = {
         "nvml_total_bytes",
     ),
     "done": ("final_loss", "best_loss", "runtime_s"),
+    "token": ("id",),  # the chat request a piece belongs to
+    "status": ("id",),
+    "error": ("id",),  # the chat request that failed, when one did
 }
 EVENT_TYPES = tuple(SCHEMA)
 

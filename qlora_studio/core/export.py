@@ -220,11 +220,11 @@ def export_run(
 
 
 def _export_merged(cfg: RunConfig, adapter_dir: Path, dest: Path, reporter: Reporter) -> Path:
-    import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from qlora_studio.core.data.templates import stop_token_ids
+    from qlora_studio.core.models.loading import load_causal_lm
     from qlora_studio.core.models.sources import resolve_model
 
     if dest.exists():
@@ -239,9 +239,7 @@ def _export_merged(cfg: RunConfig, adapter_dir: Path, dest: Path, reporter: Repo
         make_event("status", message=f"Loading the base model in 16-bit on the CPU ({base_dir})")
     )
     # a QLoRA adapter was trained against the 4-bit base; it merges into the 16-bit weights
-    base = AutoModelForCausalLM.from_pretrained(
-        str(base_dir), dtype=torch.bfloat16, trust_remote_code=cfg.model.trust_remote_code
-    )
+    base = load_causal_lm(base_dir, cfg, "cpu", purpose="merge", error=ExportError)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     reporter.emit(make_event("status", message="Merging the adapter into the base weights"))
     merged = model.merge_and_unload()

@@ -10,21 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qlora_studio.core.events import format_gb
+from qlora_studio.config import METHOD_LABELS, METHODS, Method
+from qlora_studio.core.events import GB, format_gb
 from qlora_studio.core.memory import (
-    DEFAULT_SHARD_BYTES,
-    FIT_SHARE,
-    MERGE_MARGIN,
-    METHODS,
-    STORED_BYTES,
     MethodEstimate,
-    Settings,
     estimate_memory,
     format_count,
     lora_trainable_params,
-    precision,
-    step_in_backward,
 )
+from qlora_studio.core.memory_settings import Settings, precision, step_in_backward
 from qlora_studio.core.models.inspect import ModelInfo
 
 if TYPE_CHECKING:
@@ -32,12 +26,17 @@ if TYPE_CHECKING:
 
     from qlora_studio.config import RunConfig
 
+FIT_SHARE = 0.9  # "fits" leaves 10% of the memory free; up to 100% is "tight"
+DEFAULT_SHARD_BYTES = 5 * GB  # the usual safetensors shard size on the Hub
+MERGE_MARGIN = 1.1
+STORED_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
+
 
 @dataclass
 class Verdict:
     """Whether an estimate fits the memory available, and what to change when it does not."""
 
-    method: str
+    method: Method
     status: str  # "fits" | "tight" | "does not fit"
     available_bytes: int
     needed_bytes: int
@@ -52,14 +51,17 @@ class Verdict:
 
 
 def _largest_fitting(
-    info: ModelInfo, settings: Settings, method: str, budget: float, setting: str, cap: int
+    info: ModelInfo, settings: Settings, method: Method, budget: float, setting: str, cap: int
 ) -> int:
     """The largest value in [1, cap] of ``setting`` (batch_size or seq_len) whose estimate stays
     within ``budget``, the other settings unchanged; 0 when even 1 does not. The estimate grows
     with both, so doubling then bisecting finds it."""
 
     def fits(n: int) -> bool:
-        trial = dataclasses.replace(settings, **{setting: n})
+        if setting == "batch_size":
+            trial = dataclasses.replace(settings, batch_size=n)
+        else:
+            trial = dataclasses.replace(settings, seq_len=n)
         return estimate_memory(info, trial, method).total_bytes <= budget
 
     if cap < 1 or not fits(1):
@@ -105,8 +107,11 @@ def judge(
     return verdict
 
 
-_METHOD_NAMES = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
-_CHEAPER = {"full": ("lora", "qlora"), "lora": ("qlora",), "qlora": ()}
+_CHEAPER: dict[Method, tuple[Method, ...]] = {
+    "full": ("lora", "qlora"),
+    "lora": ("qlora",),
+    "qlora": (),
+}
 _WEIGHT_TERMS = ("weights", "quantization constants", "16-bit layers")
 
 
@@ -134,7 +139,7 @@ def _advice(
             "(lower data.max_length)"
         )
 
-    def needs(other: str = method, **changes: Any) -> int:
+    def needs(other: Method = method, **changes: Any) -> int:
         trial = dataclasses.replace(settings, **changes)
         return estimate_memory(info, trial, other).total_bytes
 
@@ -162,14 +167,14 @@ def _advice(
     for other in _CHEAPER[method]:
         other_needed = needs(other)
         if other_needed < needed:
-            text = f"use {_METHOD_NAMES[other]} (needs ~{format_gb(other_needed, 1)})"
+            text = f"use {METHOD_LABELS[other]} (needs ~{format_gb(other_needed, 1)})"
             options.append((needed - other_needed, text))
         elif max_batch == 0:  # heavier at this batch, yet it may fit where this method cannot
             batch = _largest_fitting(info, settings, other, budget, "batch_size", 1 << 16)
             if batch:
                 at_batch = needs(other, batch_size=batch)
                 text = (
-                    f"use {_METHOD_NAMES[other]} at batch {batch} (needs ~{format_gb(at_batch, 1)})"
+                    f"use {METHOD_LABELS[other]} at batch {batch} (needs ~{format_gb(at_batch, 1)})"
                 )
                 options.append((needed - at_batch, text))
     options.sort(key=lambda option: -option[0])
@@ -190,7 +195,7 @@ def _advice(
         floor = needs(batch_size=1, seq_len=64)
         weights = sum(t.bytes for t in estimate.terms if t.name in _WEIGHT_TERMS)
         advice.append(
-            f"even at batch 1 and 64 tokens {_METHOD_NAMES[method]} needs ~{format_gb(floor, 1)} "
+            f"even at batch 1 and 64 tokens {METHOD_LABELS[method]} needs ~{format_gb(floor, 1)} "
             f"(the weights alone {format_gb(weights, 1)}): "
             f"no batch or sequence length fits this GPU"
         )
@@ -222,7 +227,12 @@ def _divisors(n: int) -> list[int]:
 
 
 def auto_fit(
-    info: ModelInfo, cfg: RunConfig, available_bytes: int, *, seq_len: int | None = None
+    info: ModelInfo,
+    cfg: RunConfig,
+    available_bytes: int,
+    *,
+    seq_len: int | None = None,
+    bf16_supported: bool = True,
 ) -> FitChoice:
     """Pick gradient checkpointing and a micro-batch (with gradient accumulation) that keep the
     effective batch ``train.batch_size x train.grad_accum`` and fit ``available_bytes`` of GPU
@@ -230,8 +240,9 @@ def auto_fit(
     tried first (it skips the ~30% recompute), each time with the largest micro-batch that
     divides the effective batch. The lean full recipe steps the optimizer in backward and
     cannot accumulate, so its micro-batch stays the batch size. ``seq_len`` (the longest
-    row) replaces ``data.max_length`` when given. Pure: no GPU needed."""
-    settings = Settings.from_config(cfg, device="cuda")
+    row) replaces ``data.max_length`` when given; ``bf16_supported`` (the GPU's, from
+    ``GpuInfo.bf16_supported``) resolves ``quant.compute_dtype: auto``. Pure: no GPU needed."""
+    settings = Settings.from_config(cfg, device="cuda", bf16_supported=bf16_supported)
     if seq_len:
         settings.seq_len = min(settings.seq_len, seq_len)
     method, t = cfg.method, cfg.train
@@ -266,7 +277,7 @@ def auto_fit(
             f"gradients: lower train.batch_size (now {effective})",
         )
     reason = (
-        f"{_METHOD_NAMES[method]} does not fit {format_gb(available_bytes, 1)}: even micro-batch "
+        f"{METHOD_LABELS[method]} does not fit {format_gb(available_bytes, 1)}: even micro-batch "
         f"{smallest} x {settings.seq_len} tokens with gradient checkpointing needs "
         f"~{format_gb(estimate.total_bytes, 1)} (largest term: {estimate.dominant})"
     )
@@ -311,18 +322,24 @@ def _explain(
 
 
 def fit_config(
-    info: ModelInfo, cfg: RunConfig, available_bytes: int, longest: int = 0
+    info: ModelInfo,
+    cfg: RunConfig,
+    available_bytes: int,
+    longest: int = 0,
+    bf16_supported: bool = True,
 ) -> tuple[RunConfig, str]:
     """``cfg`` checked against ``available_bytes`` of GPU memory: with ``train.fit: auto`` a copy
     with the micro-batch, accumulation and checkpointing :func:`auto_fit` chose, and the line
     saying what and why; with ``off`` ``cfg`` itself and "". Raises :class:`TrainingError`,
     whose hint names the change that would make it fit, when the run cannot fit. ``longest``
-    is the longest row in tokens (0: data.max_length)."""
+    is the longest row in tokens (0: data.max_length); ``bf16_supported`` is the GPU's."""
     from qlora_studio.config import RunConfig
     from qlora_studio.core.errors import TrainingError
 
     if cfg.train.fit == "auto":
-        choice = auto_fit(info, cfg, available_bytes, seq_len=longest or None)
+        choice = auto_fit(
+            info, cfg, available_bytes, seq_len=longest or None, bf16_supported=bf16_supported
+        )
         if not choice.fits:
             raise TrainingError(f"Auto-fit: {choice.reason}", choice.hint)
         fitted = RunConfig.from_dict(cfg.to_dict())
@@ -330,14 +347,14 @@ def fit_config(
         fitted.train.grad_accum = choice.grad_accum
         fitted.train.gradient_checkpointing = choice.gradient_checkpointing
         return fitted.validate(), f"Auto-fit: {choice.reason}"
-    settings = Settings.from_config(cfg, device="cuda")
+    settings = Settings.from_config(cfg, device="cuda", bf16_supported=bf16_supported)
     if longest:
         settings.seq_len = min(settings.seq_len, longest)
     estimate = estimate_memory(info, settings, cfg.method)
     verdict = judge(estimate, info, settings, available_bytes)
     if verdict.status == "does not fit":
         raise TrainingError(
-            f"{_METHOD_NAMES[cfg.method]} needs ~{format_gb(estimate.total_bytes, 1)} "
+            f"{METHOD_LABELS[cfg.method]} needs ~{format_gb(estimate.total_bytes, 1)} "
             f"of GPU memory at "
             f"batch {settings.batch_size} x {settings.seq_len} tokens and the GPU has "
             f"{format_gb(available_bytes, 1)} free (largest term: {estimate.dominant})",
@@ -358,7 +375,7 @@ def fit_before_loading(
     :class:`TrainingError` when the run cannot fit. On the CPU there is nothing to fit against
     and ``cfg`` is returned as it is (auto-fit says so)."""
     from qlora_studio.core.errors import StudioError
-    from qlora_studio.core.gpu import nvml_device_memory
+    from qlora_studio.core.gpu import gpu_bf16_supported, nvml_device_memory
     from qlora_studio.core.models.inspect import inspect_model
 
     if device != "cuda":
@@ -378,7 +395,7 @@ def fit_before_loading(
     except StudioError as exc:
         report(f"Memory check skipped: the model could not be inspected ({exc.message})")
         return cfg
-    cfg, message = fit_config(info, cfg, memory["free"], longest)
+    cfg, message = fit_config(info, cfg, memory["free"], longest, gpu_bf16_supported(0))
     if message:
         report(f"{message} ({format_gb(memory['free'], 1)} free on the GPU)")
     return cfg
@@ -400,7 +417,7 @@ def _largest_shard(info: ModelInfo) -> tuple[int, str]:
 
 
 def system_ram_needed(
-    info: ModelInfo, method: str, settings: Settings | None = None
+    info: ModelInfo, method: Method, settings: Settings | None = None
 ) -> dict[str, Any]:
     """CPU RAM a GPU run needs outside the training loop, in bytes, with how each was computed:
 

@@ -18,6 +18,7 @@ from typing import Any
 from qlora_studio.core.errors import StudioError
 
 GIB = 1024**3
+BF16_MIN_MAJOR = 8  # bf16 arithmetic came with compute capability 8.0 (Ampere)
 CATALOGUE_FILE = "gpus.json"
 _NOT_AVAILABLE = 2**64 - 1  # NVML_VALUE_NOT_AVAILABLE for a process's used memory
 _NOISE_WORDS = re.compile(r"\b(nvidia|geforce|rtx|gtx|tesla|quadro)\b")
@@ -43,9 +44,26 @@ class GpuInfo:
     processes: list[dict[str, Any]] = field(default_factory=list)  # pid, name, used_bytes
     source: str = "nvml"  # "nvml" | "catalogue" | "custom"
     note: str = ""
+    compute_capability: str = ""  # e.g. "8.9" (NVML or the catalogue); "" when unknown
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def bf16_supported(self) -> bool:
+        """Whether the GPU computes in bf16 (compute capability 8.0+, Ampere and later); assumed
+        so when the capability is unknown (a typed size, a card the catalogue does not rate)."""
+        return capability_has_bf16(self.compute_capability)
+
+
+def capability_has_bf16(capability: str) -> bool:
+    """bf16 needs compute capability 8.0 or more; an unknown ("" or unreadable) one counts as
+    bf16, the common case for the GPUs people fine-tune on today."""
+    try:
+        major = int(str(capability).split(".")[0])
+    except ValueError:
+        return True
+    return major >= BF16_MIN_MAJOR
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,6 +96,28 @@ def nvml_device_memory(index: int = 0) -> dict[str, int] | None:
         return {"used": int(info.used), "total": int(info.total), "free": int(info.free)}
     except Exception:
         return None
+
+
+def _nvml_capability(nvml, handle) -> str:
+    """ "major.minor" of one GPU via NVML, or "" when the driver does not say."""
+    try:
+        major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
+    except Exception:  # an old driver, or a device that is not ours to read
+        return ""
+    return f"{int(major)}.{int(minor)}"
+
+
+def gpu_bf16_supported(index: int = 0) -> bool:
+    """Whether GPU ``index`` computes in bf16, from its NVML compute capability; True when NVML
+    cannot say (see :func:`capability_has_bf16`)."""
+    nvml = _nvml()
+    if nvml is None:
+        return True
+    try:
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+    except Exception:
+        return True
+    return capability_has_bf16(_nvml_capability(nvml, handle))
 
 
 def process_rss_bytes() -> int:
@@ -162,6 +202,7 @@ def list_gpus() -> list[GpuInfo]:
                 used_bytes=int(memory.used),
                 processes=_gpu_processes(nvml, handle),
                 source="nvml",
+                compute_capability=_nvml_capability(nvml, handle),
             )
         )
     return gpus
@@ -201,7 +242,8 @@ def _catalogue() -> tuple[dict[str, Any], ...]:
 
 def load_catalogue() -> list[dict[str, Any]]:
     """Common GPUs as dicts: name, memory_gb (binary GB, as sold), kind (consumer |
-    workstation | datacenter). Read from ``resources/gpus.json``."""
+    workstation | datacenter) and, where given, compute_capability ("8.9"). Read from
+    ``resources/gpus.json``."""
     return [dict(entry) for entry in _catalogue()]
 
 
@@ -269,7 +311,8 @@ def resolve_gpu(spec: str) -> GpuInfo:
     entry = _from_catalogue(text)
     if entry is not None:
         total = int(entry["memory_gb"] * GIB)
-        return GpuInfo(-1, entry["name"], total, total, 0, [], "catalogue", note)
+        capability = str(entry.get("compute_capability", ""))
+        return GpuInfo(-1, entry["name"], total, total, 0, [], "catalogue", note, capability)
     size = _size_bytes(text)
     if size is not None:
         name = f"custom {size / GIB:g} GB"

@@ -1,10 +1,11 @@
 """How much memory a run needs before it runs: full, LoRA and QLoRA side by side.
 
 Pure arithmetic over a :class:`~qlora_studio.core.models.ModelInfo` (exact parameter counts and
-linear-layer shapes from the config) and the run :class:`Settings`; this module never imports
-torch. Each method's estimate is a list of named :class:`MemoryTerm` whose ``detail`` says how it
-was computed. The terms are summed, which is a deliberate upper bound: gradients grow during the
-backward pass while activations are freed, and both are counted in full.
+linear-layer shapes from the config) and the run :class:`Settings`, priced by the precision rules
+of ``core/memory_settings.py``; this module never imports torch. Each method's estimate is a
+list of named :class:`MemoryTerm` whose ``detail`` says how it was computed. The terms are
+summed, which is a deliberate upper bound: gradients grow during the backward pass while
+activations are freed, and both are counted in full.
 
 What each method really builds (``core/training.py``, DESIGN.md "Memory-lean recipe") and where
 the figures come from:
@@ -48,17 +49,21 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from qlora_studio.core.events import GB, format_gb
+from qlora_studio.config import ADAM_OPTIMIZERS, EIGHT_BIT_OPTIMIZERS, METHODS, Method
+from qlora_studio.core.events import format_gb
+from qlora_studio.core.memory_settings import (  # noqa: F401  (Settings is re-exported)
+    Precision,
+    Settings,
+    bits_per_quantized_param,
+    precision,
+    step_in_backward,
+)
 
 if TYPE_CHECKING:
-    from qlora_studio.config import RunConfig
     from qlora_studio.core.models.inspect import LinearLayer, ModelInfo
 
-METHODS = ("full", "lora", "qlora")
 MB = 1024**2
 
-QUANT_BLOCKSIZE = 64  # bitsandbytes quantize_4bit default
-NESTED_BLOCKSIZE = 256  # double quant: absmax quantized blockwise in blocks of 256
 OPTIM_BLOCKSIZE = 256  # bitsandbytes 8-bit blockwise optimizer states
 MIN_8BIT_SIZE = 4096  # bitsandbytes keeps 32-bit states for smaller tensors
 PAGED_MIN_SIZE = 100_000  # bitsandbytes pages only state buffers of this many values or more
@@ -68,14 +73,6 @@ FRAMEWORK_BASELINE_BYTES = 440 * MB
 # measured here: loading Gemma 3's fast tokenizer (262,144 entries) added 0.31 GiB of RSS
 TOKENIZER_BYTES_PER_ENTRY = 1200
 SLACK = {"cuda": 0.10, "cpu": 0.05}
-FIT_SHARE = 0.9  # "fits" leaves 10% of the memory free; up to 100% is "tight"
-DEFAULT_SHARD_BYTES = 5 * GB  # the usual safetensors shard size on the Hub
-MERGE_MARGIN = 1.1
-
-EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
-ADAM_OPTIMIZERS = ("adamw_torch", "paged_adamw_32bit", *EIGHT_BIT_OPTIMIZERS)
-_DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-STORED_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
 # Linears whose input is the same tensor: without autocast they save it once between them.
 _SHARED_INPUTS = ({"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"})
 _GATED_LEAVES = {"gate_proj", "gate_up_proj", "w1", "w3"}
@@ -94,7 +91,7 @@ class MemoryTerm:
 class MethodEstimate:
     """The memory one method needs, term by term."""
 
-    method: str  # full | lora | qlora
+    method: Method  # full | lora | qlora
     terms: list[MemoryTerm]
     total_bytes: int  # GPU memory (or process memory on the CPU): the sum of ``terms``
     trainable_params: int
@@ -111,70 +108,7 @@ class MethodEstimate:
         return next((t for t in self.terms if t.name == name), None)
 
 
-@dataclass
-class Settings:
-    """The run settings an estimate depends on (build it from a RunConfig with
-    :meth:`from_config`)."""
-
-    batch_size: int = 4  # examples per step
-    seq_len: int = 512  # tokens per row: data.max_length, the worst case (the longest batch)
-    lora_r: int = 16
-    lora_targets: list[str] | str = "all-linear"  # "all-linear" or leaf names such as "q_proj"
-    quant_type: str = "nf4"  # nf4 | fp4: same storage
-    double_quant: bool = True
-    compute_dtype: str = "bf16"  # bf16 | fp16 | fp32 | auto (bf16 on cuda, fp32 on cpu)
-    optimizer: str = "paged_adamw_8bit"
-    gradient_checkpointing: bool = True
-    device: str = "cuda"  # "cuda" or "cpu"
-    use_dora: bool = False
-    lora_dropout: float = 0.05  # > 0 adds a dropout copy of each adapter input
-    loss_impl: str = "auto"  # auto | chunked | liger | full_logits (train.loss_impl)
-    loss_chunk_tokens: int = 1024  # trained tokens per lm_head chunk (chunked loss)
-    full_recipe: str = "lean"  # lean (step in backward) | mixed (train.full_recipe)
-
-    @classmethod
-    def from_config(cls, cfg: RunConfig, device: str | None = None) -> Settings:
-        """The settings of ``cfg``; ``device`` overrides ``train.device`` (pass "cuda" to plan
-        for a GPU this machine lacks). ``train.device: auto`` means cuda when NVML sees a GPU."""
-        if device is None:
-            device = cfg.train.device
-            if device == "auto":
-                from qlora_studio.core.gpu import list_gpus
-
-                device = "cuda" if list_gpus() else "cpu"
-        compute = cfg.quant.compute_dtype
-        if compute == "auto":
-            compute = "bf16" if device == "cuda" else "fp32"
-        targets = cfg.lora.target_modules
-        return cls(
-            batch_size=cfg.train.batch_size,
-            seq_len=cfg.data.max_length,
-            lora_r=cfg.lora.r,
-            lora_targets=list(targets) if isinstance(targets, list) else targets,
-            quant_type=cfg.quant.quant_type,
-            double_quant=cfg.quant.double_quant,
-            compute_dtype=compute,
-            optimizer=cfg.train.optimizer,
-            gradient_checkpointing=cfg.train.gradient_checkpointing,
-            device=device,
-            use_dora=cfg.lora.use_dora,
-            lora_dropout=float(cfg.lora.dropout),
-            loss_impl=cfg.train.loss_impl,
-            loss_chunk_tokens=cfg.train.loss_chunk_tokens,
-            full_recipe=cfg.train.full_recipe,
-        )
-
-
 # ---- building blocks ---------------------------------------------------------------------
-def bits_per_quantized_param(double_quant: bool, blocksize: int = QUANT_BLOCKSIZE) -> float:
-    """Storage of one 4-bit quantized weight in bits: 4 + absmax. Without double quant one fp32
-    absmax per block (4 + 32/64 = 4.5); with it one uint8 absmax per block plus one fp32 per
-    256 blocks (4 + 8/64 + 32/(64*256) = 4.127)."""
-    if double_quant:
-        return 4 + 8 / blocksize + 32 / (blocksize * NESTED_BLOCKSIZE)
-    return 4 + 32 / blocksize
-
-
 def targeted_layers(info: ModelInfo, targets: list[str] | str) -> list[LinearLayer]:
     """The linear groups a LoRA ``targets`` setting adapts: every linear except the output layer
     for "all-linear" (as peft does), else those whose leaf name is listed."""
@@ -198,62 +132,6 @@ def lora_trainable_params(info: ModelInfo, r: int, targets: list[str] | str) -> 
 def _dora_params(info: ModelInfo, targets: list[str] | str) -> int:
     """DoRA's magnitude vectors: one value per output feature of each targeted module."""
     return sum(g.count * g.out_features for g in targeted_layers(info, targets))
-
-
-def _compute_bytes(settings: Settings) -> int:
-    name = settings.compute_dtype
-    if name == "auto":
-        name = "bf16" if settings.device == "cuda" else "fp32"
-    if name not in _DTYPE_BYTES:
-        raise ValueError(f"compute_dtype {name!r} is not one of {', '.join(_DTYPE_BYTES)}")
-    return _DTYPE_BYTES[name]
-
-
-@dataclass(frozen=True)
-class _Precision:
-    """Bytes per value of each kind of tensor, for one method on one device."""
-
-    base: float  # a frozen or master weight
-    act: int  # a matmul output (the autocast dtype where autocast is on)
-    residual: int  # the residual stream between layers (what checkpointing keeps)
-    adapter: int  # the LoRA path's saved input (fp32 adapters; 16-bit under autocast)
-    logits: int
-    autocast: bool
-    frozen: int = 0  # QLoRA's non-quantized layers: embeddings, norms, lm_head, biases
-
-
-def step_in_backward(settings: Settings, method: str) -> bool:
-    """Whether ``method`` runs the lean full recipe: the optimizer step in backward, one
-    gradient alive at a time, no autocast, no gradient accumulation (any device)."""
-    return method == "full" and settings.full_recipe == "lean"
-
-
-def lean_full(settings: Settings) -> bool:
-    """Whether the lean full recipe keeps bf16 weights (no fp32 master copy): on a GPU with
-    bf16 compute only (fp16 weights would need a loss scaler; the CPU trains fp32)."""
-    gpu = settings.device == "cuda"
-    return gpu and step_in_backward(settings, "full") and settings.compute_dtype in ("bf16", "auto")
-
-
-def precision(settings: Settings, method: str) -> _Precision:
-    compute = _compute_bytes(settings)
-    gpu = settings.device == "cuda"
-    if step_in_backward(settings, method):  # no autocast: compute in the weights' dtype
-        weight = 2 if lean_full(settings) else 4
-        return _Precision(weight, weight, weight, 0, weight, False)
-    # the Trainer runs a GPU under autocast in the compute dtype (QLoRA included); the CPU never
-    autocast = gpu and compute == 2
-    act = 2 if autocast else compute
-    if method == "full":
-        return _Precision(4, act, 4, 0, act, autocast)
-    if method == "lora":
-        return _Precision(compute, act, compute, 2 if autocast else 4, act, autocast)
-    bits = bits_per_quantized_param(settings.double_quant)
-    # a GPU keeps embeddings, norms and lm_head in the compute dtype: 16-bit stream and logits;
-    # the CPU computes in fp32
-    frozen = compute if gpu else 4
-    adapter = 2 if autocast else 4  # autocast saves the adapters' inputs in 16-bit
-    return _Precision(bits / 8, compute, frozen, adapter, frozen, autocast, frozen)
 
 
 def _norms_per_layer(info: ModelInfo) -> int:
@@ -283,7 +161,7 @@ def _trainable_linear_inputs(info: ModelInfo, autocast: bool) -> float:
     return _per_layer(info, total)
 
 
-def _layer_bytes_per_token(info: ModelInfo, settings: Settings, method: str) -> float:
+def _layer_bytes_per_token(info: ModelInfo, settings: Settings, method: Method) -> float:
     """Bytes one decoder layer saves for backward, per token, without checkpointing:
 
     - norms: each keeps its fp32 input (RMSNorm upcasts); full also keeps the normalized output
@@ -317,7 +195,7 @@ def _layer_bytes_per_token(info: ModelInfo, settings: Settings, method: str) -> 
     return norms + attention + mlp + extra
 
 
-def _tensor_sizes(info: ModelInfo, settings: Settings, method: str) -> list[tuple[int, int]]:
+def _tensor_sizes(info: ModelInfo, settings: Settings, method: Method) -> list[tuple[int, int]]:
     """(values per tensor, how many tensors) for every trainable tensor: the optimizer keeps
     state per tensor, and bitsandbytes picks 8 or 32 bits by tensor size."""
     if method != "full":
@@ -349,7 +227,7 @@ def _state_bytes(optimizer: str, n: int) -> tuple[int, int]:
 
 
 def _optimizer_terms(
-    info: ModelInfo, settings: Settings, method: str
+    info: ModelInfo, settings: Settings, method: Method
 ) -> tuple[MemoryTerm, MemoryTerm | None]:
     """The optimizer states on the GPU (or in the process on the CPU), and the paged state
     buffers that live in CPU RAM (None unless a paged optimizer runs on a GPU)."""
@@ -405,7 +283,7 @@ def _optimizer_terms(
     return MemoryTerm("optimizer states", int(on_gpu + largest), detail), cpu
 
 
-def _loss_term(info: ModelInfo, settings: Settings, method: str, p: _Precision) -> MemoryTerm:
+def _loss_term(info: ModelInfo, settings: Settings, method: Method, p: Precision) -> MemoryTerm:
     """The logits and the cross-entropy (``core/lean_loss.py``), with every position trained
     (the worst case: completion-only data trains fewer):
 
@@ -433,7 +311,7 @@ def _loss_term(info: ModelInfo, settings: Settings, method: str, p: _Precision) 
             f"their gradient (computed in forward) 2 x b*s*h x {p.act} B"
         )
         if step_in_backward(settings, method):
-            grads += vocab * h * p.base
+            grads += int(vocab * h * p.base)
             detail += f" + the lm_head weight gradient (V*h x {p.base:g} B) computed in forward"
         return MemoryTerm("logits and loss", chunk * vocab * p.act + grads, detail)
     chunk = min(settings.loss_chunk_tokens, tokens)
@@ -461,7 +339,7 @@ def format_count(n: float) -> str:
 
 
 # ---- the estimate ------------------------------------------------------------------------
-def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodEstimate:
+def estimate_memory(info: ModelInfo, settings: Settings, method: Method) -> MethodEstimate:
     """The peak memory ``method`` needs on ``settings.device``, term by term.
 
     On cuda the figure is GPU memory (what ``torch.cuda.max_memory_reserved`` plus the CUDA
@@ -547,11 +425,11 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodE
     terms.append(_activations_term(info, settings, method, p))
     terms.append(_loss_term(info, settings, method, p))
     if method == "qlora" and info.linear_layers:
-        largest = max(info.linear_layers, key=lambda g: g.in_features * g.out_features)
-        weight = largest.in_features * largest.out_features * p.act
-        grad_input = tokens * max(largest.in_features, largest.out_features) * p.act
+        widest = max(info.linear_layers, key=lambda g: g.in_features * g.out_features)
+        weight = widest.in_features * widest.out_features * p.act
+        grad_input = tokens * max(widest.in_features, widest.out_features) * p.act
         detail = (
-            f"{largest.name} ({largest.out_features}x{largest.in_features}) dequantized to "
+            f"{widest.name} ({widest.out_features}x{widest.in_features}) dequantized to "
             f"{p.act} B, + a {format_count(tokens)}-token gradient of its wider side in backward"
         )
         terms.append(MemoryTerm("dequantization transient", weight + grad_input, detail))
@@ -577,7 +455,7 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: str) -> MethodE
 
 
 def _activations_term(
-    info: ModelInfo, settings: Settings, method: str, p: _Precision
+    info: ModelInfo, settings: Settings, method: Method, p: Precision
 ) -> MemoryTerm:
     """Saved activations: every layer's (:func:`_layer_bytes_per_token`) without
     checkpointing; with it, each layer's input (residual stream) plus one layer recomputed in
@@ -608,6 +486,3 @@ def _activations_term(
 def estimate_all(info: ModelInfo, settings: Settings) -> dict[str, MethodEstimate]:
     """Estimates for full, lora and qlora at the same settings."""
     return {method: estimate_memory(info, settings, method) for method in METHODS}
-
-
-# ---- the verdict -------------------------------------------------------------------------

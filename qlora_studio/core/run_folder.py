@@ -271,7 +271,7 @@ def sweep_stale_temp_folders(folder: str | os.PathLike[str]) -> list[Path]:
     import psutil
 
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(folder.glob(".*.tmp"))
     except OSError:

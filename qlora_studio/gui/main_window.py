@@ -3,12 +3,9 @@ Export, plus Runs), the current step's page, Back / Next."""
 
 from __future__ import annotations
 
-import time
-
 from PySide6.QtCore import QByteArray
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
-    QApplication,
     QHBoxLayout,
     QListWidget,
     QListWidgetItem,
@@ -96,6 +93,7 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
 
         self.sidebar.currentRowChanged.connect(self._show)
+        self.state.navigate.connect(self.go_to)
         self._restore_geometry()
         self.go(0)
         self._refresh_marks()
@@ -155,17 +153,19 @@ class MainWindow(QMainWindow):
             self.resize(1280, 800)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt's name)
-        train = self.page("Train")
-        if train.is_running():
-            if not self.confirm_quit_while_training():
-                event.ignore()
-                return
-            train.stop_for_exit()
+        if self.state.running and not self.confirm_quit_while_training():
+            event.ignore()
+            return
         for page in self.pages:
             page.apply_config(self.state.cfg)
         self.state.remember_config()
         self.state.settings.setValue("window/geometry", self.saveGeometry())
-        self._wait_for_workers()
+        if self.state.jobs.running():
+            self.hide()
+            # a training run stops after its step and saves a checkpoint; the others end
+            self.state.jobs.stop_all()
+        for page in self.pages:
+            page.shutdown()
         event.accept()
 
     def confirm_quit_while_training(self) -> bool:
@@ -179,23 +179,3 @@ class MainWindow(QMainWindow):
             QMessageBox.StandardButton.No,
         )
         return answer == QMessageBox.StandardButton.Yes
-
-    def _wait_for_workers(self, timeout_s: float = 120.0) -> None:
-        """Let running jobs (a model inspection, a dataset analysis, an export) end before the
-        window and the threads it owns go away: a QThread destroyed while running aborts."""
-        busy = [p for p in self.pages if getattr(p, "is_running", lambda: False)()]
-        if not busy:
-            return
-        self.hide()
-        for page in busy:
-            worker = getattr(page, "worker", None) or getattr(page, "probe_worker", None)
-            if worker is not None and hasattr(worker, "request_stop"):
-                worker.request_stop()
-        deadline = time.monotonic() + timeout_s
-        while any(p.is_running() for p in busy) and time.monotonic() < deadline:
-            QApplication.processEvents()
-            time.sleep(0.02)
-        settle = time.monotonic() + 0.5  # the threads' own quit runs after the worker's finished
-        while time.monotonic() < settle:
-            QApplication.processEvents()
-            time.sleep(0.02)

@@ -1,5 +1,6 @@
 """What the wizard pages share: the run config being edited, what was learned about the model
-and the data, and the settings that persist across launches (QSettings)."""
+and the data, the jobs they run, the settings that persist across launches (QSettings), and the
+signals through which pages talk to each other without reaching into one another."""
 
 from __future__ import annotations
 
@@ -25,8 +26,16 @@ class StudioState(QObject):
     model_info_changed = Signal(object)  # ModelInfo | None
     data_report_changed = Signal(object)  # inspect_data() dict | None
     config_changed = Signal()
+    config_requested = Signal()  # every page writes its slice into cfg now (collect_config)
+    navigate = Signal(str)  # show the page with this title (the main window listens)
+    run_chosen = Signal(object)  # Path: a run picked on the Runs page, for Export and Compare
+    resume_requested = Signal(object, object)  # Path, [(step, loss)]: continue it on Train
+    run_started = Signal(object)  # Path: the training child created this run folder
+    run_finished = Signal(object)  # Path: the run ended (done, stopped or failed)
 
     def __init__(self, cfg: RunConfig | None = None, settings: QSettings | None = None):
+        from qlora_studio.gui.jobs import JobRegistry
+
         super().__init__()
         self.settings = settings or QSettings("QLoRA Studio", "QLoRA Studio")
         self.cfg = cfg or self._last_config() or demo_config()
@@ -34,6 +43,29 @@ class StudioState(QObject):
         self.data_report: dict | None = None
         self.running = False  # a training run is in progress
         self.run_dir: Path | None = None  # the run chosen on the Runs page (Compare, Export)
+        self.last_run_dir: Path | None = None  # the latest run trained in this window
+        self.jobs = JobRegistry(self)  # every page's jobs; the window stops them on close
+
+    # ---- pages talking to each other ----------------------------------------------------------
+    def collect_config(self) -> RunConfig:
+        """Have every page write its slice into ``cfg`` (before a run or a probe) and return it."""
+        self.config_requested.emit()
+        return self.cfg
+
+    def choose_run(self, run_dir: str | Path, page: str = "") -> None:
+        """A run was picked (on the Runs page): tell Export and Compare, then show ``page``."""
+        self.run_dir = Path(run_dir)
+        self.run_chosen.emit(self.run_dir)
+        if page:
+            self.navigate.emit(page)
+
+    def set_run_started(self, run_dir: str | Path) -> None:
+        self.last_run_dir = Path(run_dir)
+        self.run_started.emit(self.last_run_dir)
+
+    def set_run_finished(self, run_dir: str | Path) -> None:
+        self.last_run_dir = Path(run_dir)
+        self.run_finished.emit(self.last_run_dir)
 
     # ---- results shared between pages -----------------------------------------------------
     def set_model_info(self, info: Any) -> None:

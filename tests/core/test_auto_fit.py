@@ -12,9 +12,9 @@ from tiny_models import LLAMA3_8B_CONFIG
 from qlora_studio.config import RunConfig
 from qlora_studio.core import memory
 from qlora_studio.core.errors import TrainingError
-from qlora_studio.core.events import CollectingReporter
+from qlora_studio.core.events import GB, CollectingReporter
 from qlora_studio.core.fit import FitChoice, auto_fit, fit_before_loading, fit_config
-from qlora_studio.core.memory import GB, Settings
+from qlora_studio.core.memory_settings import Settings
 from qlora_studio.core.models.inspect import inspect_model
 from qlora_studio.core.training.run import run_training
 
@@ -172,3 +172,16 @@ def test_train_reports_auto_fit_before_the_model_loads(tiny_llama, tmp_path):
     )
     loading = next(i for i, m in enumerate(messages) if m.startswith("Loading the model"))
     assert said < loading and result.step == 1
+
+
+def test_auto_fit_plans_with_the_gpus_bf16_support(llama8b):
+    """On a GPU without bf16 the lean full recipe keeps fp32 weights: auto-fit needs more."""
+    cfg = config("full", batch=1, seq=512)
+    with_bf16 = auto_fit(llama8b, cfg, 141 * GB, bf16_supported=True)
+    without = auto_fit(llama8b, cfg, 141 * GB, bf16_supported=False)
+    assert with_bf16.fits and without.fits
+    assert without.needed_bytes > with_bf16.needed_bytes + 15 * GB  # 4 B vs 2 B x 8 B params
+    off = config("full", batch=1, seq=512, fit="off")
+    assert fit_config(llama8b, off, 32 * GB, 0, True) == (off, "")  # ~20 GB in bf16
+    with pytest.raises(TrainingError, match="Full fine-tuning needs"):
+        fit_config(llama8b, off, 32 * GB, 0, False)  # ~38 GB with fp32 weights

@@ -139,3 +139,106 @@ def test_shipped_demo_config_is_valid(repo_root):
     cfg = RunConfig.load(repo_root / "resources" / "configs" / "demo-qlora.yaml")
     assert cfg.method == "qlora" and cfg.model.source == "demo"
     assert cfg.train.optimizer == "paged_adamw_8bit"
+
+
+# ---- every choice once, as a Literal -----------------------------------------------------
+def test_each_choice_tuple_is_its_literal_and_types_the_field():
+    import dataclasses
+    import typing
+
+    from qlora_studio import config as C
+
+    pairs = {
+        C.Method: C.METHODS,
+        C.DataFormat: C.DATA_FORMATS,
+        C.ChatTemplate: C.CHAT_TEMPLATES,
+        C.TrainOn: C.TRAIN_ON,
+        C.QuantType: C.QUANT_TYPES,
+        C.ComputeDtype: C.COMPUTE_DTYPES,
+        C.Optimizer: C.OPTIMIZERS,
+        C.Scheduler: C.SCHEDULERS,
+        C.Device: C.DEVICES,
+        C.LossImpl: C.LOSS_IMPLS,
+        C.FullRecipe: C.FULL_RECIPES,
+        C.FitMode: C.FIT_MODES,
+    }
+    for literal, choices in pairs.items():
+        assert typing.get_args(literal) == choices
+    # every Literal-typed field refuses a value outside its choices, naming the field
+    typed = 0
+    for section, cls in {"run": C.RunConfig, **C.SECTIONS}.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            if typing.get_origin(hint) is not typing.Literal:
+                continue
+            typed += 1
+            assert f.default in typing.get_args(hint), f"{section}.{f.name}"
+            data = {"data": {"path": "x.jsonl"}}
+            if section == "run":
+                data[f.name] = "nonsense"
+            else:
+                data.setdefault(section, {})[f.name] = "nonsense"
+            with pytest.raises(ConfigError) as err:
+                RunConfig.from_dict(data)
+            assert err.value.field.endswith(f.name)
+    assert typed >= 11
+
+
+def test_labels_and_subsets_are_read_from_the_choices():
+    from qlora_studio import config as C
+    from qlora_studio.core.data.rows import EXPECTED_COLUMNS, FORMATS
+    from qlora_studio.core.data.templates import TEMPLATE_NAMES, TEMPLATES
+    from qlora_studio.core.training.recipe import OPTIMIZER_NAMES
+
+    assert tuple(C.METHOD_LABELS) == tuple(C.METHOD_SUMMARIES) == C.METHODS
+    assert FORMATS == tuple(EXPECTED_COLUMNS) == tuple(f for f in C.DATA_FORMATS if f != "auto")
+    assert TEMPLATE_NAMES == tuple(TEMPLATES) == C.TEMPLATE_NAMES
+    assert set(TEMPLATE_NAMES) | {"auto", "tokenizer"} == set(C.CHAT_TEMPLATES)
+    assert set(OPTIMIZER_NAMES) == set(C.OPTIMIZERS)
+    assert set(C.EIGHT_BIT_OPTIMIZERS) <= set(C.ADAM_OPTIMIZERS) < set(C.OPTIMIZERS)
+
+
+def test_cli_choices_are_the_config_choices():
+    from qlora_studio import config as C
+    from qlora_studio.cli import _build_parser
+
+    parser = _build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    options = {a.dest: a.choices for a in sub["inspect-data"]._actions}
+    assert tuple(options["format"]) == C.DATA_FORMATS
+    assert tuple(options["train_on"]) == C.TRAIN_ON
+    method = next(a for a in sub["estimate"]._actions if a.dest == "method")
+    assert tuple(method.choices) == (*C.METHODS, "all")
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "bf16", "expected"),
+    [
+        ("auto", "cuda", True, "bf16"),
+        ("auto", "cuda", False, "fp16"),  # a pre-Ampere GPU (T4, V100, RTX 20xx)
+        ("auto", "cpu", True, "fp32"),  # bf16 compute on the CPU made the loss climb
+        ("auto", "cpu", False, "fp32"),
+        ("fp16", "cuda", True, "fp16"),  # an explicit choice is kept
+        ("bf16", "cpu", False, "bf16"),
+        ("fp32", "cuda", True, "fp32"),
+    ],
+)
+def test_resolve_compute_dtype(requested, device, bf16, expected):
+    from qlora_studio.config import resolve_compute_dtype
+
+    assert resolve_compute_dtype(requested, device, bf16) == expected
+
+
+def test_resolve_compute_dtype_refuses_an_unknown_dtype():
+    from qlora_studio.config import resolve_compute_dtype
+
+    with pytest.raises(ConfigError, match="quant.compute_dtype"):
+        resolve_compute_dtype("int8", "cuda", True)
+
+
+def test_training_resolves_compute_dtype_with_the_same_rule():
+    from qlora_studio.core.models.loading import compute_dtype_name
+
+    assert compute_dtype_name("auto", "cpu") == "fp32"
+    assert compute_dtype_name("fp16", "cpu") == "fp16"

@@ -91,7 +91,7 @@ def test_auto_fit_choice_is_printed_when_the_config_asks(llama_8b_config_only, t
     assert (
         "auto-fit (train.fit: auto): micro-batch 1 x grad_accum 8 keeps the effective batch of 8"
     ) in result.stdout
-    assert "full fine-tuning does not fit 11.0 GB" in result.stdout and "to fit: " in result.stdout
+    assert "Full fine-tuning does not fit 11.0 GB" in result.stdout and "to fit: " in result.stdout
     result = estimate(llama_8b_config_only, "--config", config, "--gpu", "cpu", "--json")
     assert result.returncode == 0, result.stderr
     fit = json.loads(result.stdout)["methods"]["qlora"]["auto_fit"]

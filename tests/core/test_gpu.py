@@ -101,3 +101,30 @@ def test_system_memory_and_process_readings():
     assert 0 < memory["available_bytes"] <= memory["total_bytes"]
     snapshot = gpu.memory_snapshot("cpu", 3)
     assert snapshot["step"] == 3 and snapshot["rss_bytes"] > 0
+
+
+@pytest.mark.parametrize(
+    ("capability", "bf16"),
+    [("8.0", True), ("8.9", True), ("12.0", True), ("7.5", False), ("6.1", False), ("", True)],
+)
+def test_bf16_needs_compute_capability_8(capability, bf16):
+    card = gpu.GpuInfo(-1, "card", 16 * GIB, 16 * GIB, 0, compute_capability=capability)
+    assert card.bf16_supported is bf16 and gpu.capability_has_bf16(capability) is bf16
+
+
+def test_catalogue_cards_carry_their_compute_capability(monkeypatch):
+    entries = (
+        {"name": "Tesla T4", "memory_gb": 16, "kind": "datacenter", "compute_capability": "7.5"},
+        {"name": "GeForce RTX 4090", "memory_gb": 24, "kind": "consumer"},
+    )
+    monkeypatch.setattr(gpu, "_catalogue", lambda: entries)
+    t4 = gpu.resolve_gpu("T4")
+    assert (t4.compute_capability, t4.bf16_supported) == ("7.5", False)
+    assert gpu.resolve_gpu("4090").bf16_supported  # not rated: bf16 assumed
+    assert gpu.resolve_gpu("24GB").bf16_supported  # a typed size: bf16 assumed
+
+
+def test_a_machine_without_nvml_assumes_bf16():
+    if gpu.list_gpus():
+        pytest.skip("this machine has a GPU")
+    assert gpu.gpu_bf16_supported(0) is True

@@ -14,7 +14,8 @@ from tiny_models import LLAMA3_8B_CONFIG
 
 from qlora_studio.config import RunConfig
 from qlora_studio.core import fit, memory
-from qlora_studio.core.memory import GB, MB, Settings
+from qlora_studio.core.events import GB
+from qlora_studio.core.memory import MB, Settings
 from qlora_studio.core.models.inspect import inspect_model
 from qlora_studio.core.models.sources import is_demo_available
 
@@ -364,3 +365,22 @@ def test_memory_module_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_compute_dtype_auto_follows_the_gpus_bf16_support(llama8b):
+    """A GPU without bf16 (compute capability < 8.0) runs "auto" in fp16, as training does: the
+    lean full recipe then keeps fp32 weights (fp16 weights would need a loss scaler)."""
+    cfg = RunConfig.from_dict({"method": "full", "data": {"path": "x.jsonl", "max_length": 512}})
+    ampere = Settings.from_config(cfg, device="cuda", bf16_supported=True)
+    turing = Settings.from_config(cfg, device="cuda", bf16_supported=False)
+    assert (ampere.compute_dtype, turing.compute_dtype) == ("bf16", "fp16")
+    weights = {
+        s.compute_dtype: memory.estimate_memory(llama8b, s, "full").term("weights").bytes
+        for s in (ampere, turing)
+    }
+    assert weights == {"bf16": 2 * llama8b.params_total, "fp16": 4 * llama8b.params_total}
+    # LoRA's 16-bit base is the same size in fp16 and bf16
+    lora = [memory.estimate_memory(llama8b, s, "lora").total_bytes for s in (ampere, turing)]
+    assert lora[0] == lora[1]
+    # the CPU computes in fp32 whatever the GPU would do
+    assert Settings.from_config(cfg, device="cpu", bf16_supported=True).compute_dtype == "fp32"

@@ -1,9 +1,12 @@
-"""The Compare page on a tiny trained run: load, side-by-side streamed answers that match the
-engine's greedy answers, the held-out evaluation table, unload."""
+"""The Compare page on a tiny trained run, every model in a child process: load, side-by-side
+streamed answers, a stop mid-answer, a crashed chat child, the held-out evaluation table; and
+no model object is ever created in the window's process."""
 
 from __future__ import annotations
 
+import gc
 import os
+import signal
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -13,12 +16,12 @@ import pytest  # noqa: E402
 from PySide6.QtCore import QSettings  # noqa: E402
 from test_training import make_config  # noqa: E402
 
-from qlora_studio.core.evaluation.comparison import ComparisonModel, GenerationSettings
-from qlora_studio.core.training.run import run_training
+from qlora_studio.core.training.run import run_training  # noqa: E402
 from qlora_studio.gui.pages.compare_page import ComparePage  # noqa: E402
 from qlora_studio.gui.state import StudioState  # noqa: E402
 
 PROMPT = "Convert to ISO date: 3 March 2021"
+LONG = 120_000  # ms: a child process imports the ML stack before it answers
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def make_page(qtbot, tmp_path, run_dir: Path | None) -> ComparePage:
     settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
     state = StudioState(settings=settings)
     state.cfg.output.dir = str(tmp_path / "no-runs")
-    state.run_dir = run_dir
+    state.last_run_dir = run_dir  # as if trained in this window
     page = ComparePage(state)
     qtbot.addWidget(page)
     page.resize(1100, 700)
@@ -42,74 +45,121 @@ def make_page(qtbot, tmp_path, run_dir: Path | None) -> ComparePage:
     return page
 
 
-def wait_idle(qtbot, page: ComparePage, timeout: int = 120_000) -> None:
+def wait_idle(qtbot, page: ComparePage, timeout: int = LONG) -> None:
     qtbot.waitUntil(lambda: page.worker is None, timeout=timeout)
 
 
-def test_side_by_side_answers_stream_and_match_the_engine(qtbot, tmp_path, tuned_run):
+def live_modules() -> set[int]:
+    import torch
+
+    gc.collect()
+    return {id(o) for o in gc.get_objects() if isinstance(o, torch.nn.Module)}
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_compare_round_trip_runs_every_model_in_a_child(qtbot, tmp_path, tuned_run):
+    before = live_modules()  # what other tests in this process may still hold
     page = make_page(qtbot, tmp_path, tuned_run)
-    assert page.run_edit.text() == str(tuned_run)
-    assert not page.is_complete()
+    assert page.run_edit.text() == str(tuned_run) and not page.is_complete()
 
     page.max_tokens.setValue(8)
     page.prompt.setPlainText(PROMPT)
-    page.send()  # loads the models first, then answers the waiting prompt
-    assert page.worker is not None and page.stop_button.isEnabled()
-    qtbot.waitUntil(lambda: page.session is not None, timeout=120_000)
-    wait_idle(qtbot, page)
-    assert page.is_complete()
+    page.send()  # starts the chat child first, then answers the waiting prompt
+    assert page.worker is page.chat and page.stop_button.isEnabled()
+    qtbot.waitUntil(lambda: page.compared and page.worker is None, timeout=LONG)
     assert "stop tokens: </s>" in page.template_label.text()
+    answers = {}
+    for side in ("base", "tuned"):
+        user, answer = page.histories[side]
+        assert user == {"role": "user", "content": PROMPT} and answer["role"] == "assistant"
+        answers[side] = answer["content"]
+        text = page.panes[side].toPlainText()
+        assert text.startswith(f"You: {PROMPT}") and text.endswith(answers[side])
+    assert answers["base"] != answers["tuned"]
 
-    expected = ComparisonModel.load(tuned_run, device="cpu")
-    try:
-        settings = GenerationSettings(max_new_tokens=8)
-        for side in ("base", "tuned"):
-            ((answer, _),) = expected.generate(
-                [[{"role": "user", "content": PROMPT}]], side, settings
-            )
-            assert page.histories[side][-1] == {"role": "assistant", "content": answer}
-            text = page.panes[side].toPlainText()
-            assert text.startswith(f"You: {PROMPT}") and text.endswith(answer)
-    finally:
-        expected.close()
-    assert page.histories["base"][-1] != page.histories["tuned"][-1]
-
-    # a second turn keeps each side's own history; a new conversation clears both
+    # a second turn keeps each side's own history
     page.prompt.setPlainText("And 4 March 2021?")
     page.send()
     wait_idle(qtbot, page)
-    assert len(page.histories["tuned"]) == 4
+    assert len(page.histories["tuned"]) == 4 and "Answered" in page.status.text()
+
+    # Stop ends a long answer early and keeps what came
+    page.max_tokens.setValue(400)
+    page.prompt.setPlainText("Tell me a long story")
+    page.send()
+    qtbot.waitUntil(lambda: page._answers["base"] != "", timeout=LONG)
+    page.stop()
+    wait_idle(qtbot, page)
+    assert "Stopped" in page.status.text()
+    assert page.histories["base"][-1]["content"] == page._answers["base"].strip()
     page.new_conversation()
-    assert page.histories == {"base": [], "tuned": []}
-    assert page.panes["base"].toPlainText() == ""
+    assert page.histories == {"base": [], "tuned": []} and page.panes["base"].toPlainText() == ""
 
+    # Unload ends the chat child
+    pid = page.chat._proc.processId()
     page.unload()
-    assert page.session is None and not page.unload_button.isEnabled()
+    assert page.chat is None and not page.unload_button.isEnabled()
+    qtbot.waitUntil(lambda: gone(pid), timeout=10_000)
 
-
-def test_held_out_evaluation_fills_the_table_and_is_saved(qtbot, tmp_path, tuned_run):
-    page = make_page(qtbot, tmp_path, tuned_run)
+    # the held-out evaluation runs `qlora-studio eval` as a child and shows its saved report
     assert page.data_edit.text().endswith("data.jsonl")  # from the run's data.eval_path
-    page.limit.setValue(4)
+    page.limit.setValue(3)
     page.evaluate()
+    assert page.worker is not None and page.stop_button.isEnabled()
     wait_idle(qtbot, page)
     view = page.evaluation
-    assert view.report is not None and view.rows.rowCount() == 4
-    assert view.scores.item(0, 0) is not None  # exact match, base
-    assert "Exact match" in view.headline.text()
-    assert page.is_complete()
-    assert (tuned_run / "evaluation" / "data.first4.json").exists()
+    assert view.report is not None and view.rows.rowCount() == 3, page.status.text()
+    assert view.scores.item(0, 0) is not None and "Exact match" in view.headline.text()
+    assert (tuned_run / "evaluation" / "data.first3.json").exists() and page.is_complete()
 
     # a fresh page shows the saved evaluation without running anything
     again = make_page(qtbot, tmp_path, tuned_run)
-    assert again.evaluation.report is not None and again.evaluation.rows.rowCount() == 4
+    assert again.evaluation.report is not None and again.evaluation.rows.rowCount() == 3
+
+    assert live_modules() - before == set(), "a model was created in the GUI process"
+
+
+def test_a_crashed_chat_child_gives_a_message_with_a_hint_and_the_page_carries_on(
+    qtbot, tmp_path, tuned_run
+):
+    page = make_page(qtbot, tmp_path, tuned_run)
+    page.load()
+    qtbot.waitUntil(lambda: page.chat._proc.processId() > 0, timeout=10_000)
+    os.kill(page.chat._proc.processId(), signal.SIGKILL)  # as the out-of-memory killer would
+    qtbot.waitUntil(lambda: page.chat is None, timeout=10_000)
+    assert "chat process ended unexpectedly (it crashed)" in page.status.text()
+    assert "Load the models again" in page.status.text()
+    assert page.worker is None and page.load_button.isEnabled() and page.send_button.isEnabled()
 
 
 def test_a_folder_that_is_not_a_run_gives_a_message_with_a_hint(qtbot, tmp_path):
     page = make_page(qtbot, tmp_path, None)
     page.run_edit.setText(str(tmp_path))
     page.load()
-    wait_idle(qtbot, page)
+    qtbot.waitUntil(lambda: page.chat is None, timeout=LONG)
+    assert page.worker is None
     assert "not a run folder" in page.status.text()
     assert "qlora-studio train" in page.status.text()
-    assert page.session is None
+
+
+def test_the_page_imports_no_model_code():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import qlora_studio.gui.pages.compare_page, qlora_studio.gui.chat_client\n"
+        "import qlora_studio.core.evaluation.report\n"
+        "heavy = ('torch', 'transformers', 'peft', 'qlora_studio.core.evaluation.comparison')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""The Model and Dataset pages against real tiny models: inspection and analysis run in worker
+"""The Model and Dataset pages against real tiny models: inspection and analysis run in page-job
 threads; every wait is a signal or a condition with a timeout."""
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def data_page(qtbot, state, tiny_llama) -> DatasetPage:
     qtbot.addWidget(page)
     page.load_config(state.cfg)
     yield page
-    wait_idle(qtbot, page)  # never leave a worker thread behind
+    wait_idle(qtbot, page)  # never leave a job thread behind
 
 
 def analyse(qtbot, page: DatasetPage) -> dict:

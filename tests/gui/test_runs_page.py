@@ -144,10 +144,10 @@ def test_gui_run_is_recorded_then_resumed_from_the_runs_page(
     train = window.page("Train")
     train.start_button.click()
     qtbot.waitUntil(lambda: train.progress.value() >= 3, timeout=120_000)
-    with qtbot.waitSignal(train.worker.cancelled, timeout=60_000) as stopped:
+    with qtbot.waitSignal(train.training.cancelled, timeout=60_000) as stopped:
         train.stop_button.click()
     stop_step = stopped.args[0]["step"]
-    qtbot.waitUntil(lambda: train.worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not train.is_running(), timeout=60_000)
 
     window.go_to("Runs")  # the CLI child the GUI started recorded the run
     page = window.page("Runs")
@@ -166,7 +166,7 @@ def test_gui_run_is_recorded_then_resumed_from_the_runs_page(
     assert len(answers) == 1 and f"train.max_steps: 200 -> {stop_step + 2}" in answers[0]
     assert window.stack.currentIndex() == window.pages.index(train)
     qtbot.waitUntil(lambda: train.finished_ok, timeout=120_000)
-    qtbot.waitUntil(lambda: train.worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not train.is_running(), timeout=60_000)
 
     window.go_to("Runs")
     (resumed,) = history.list_runs()  # the same row, now done
@@ -175,3 +175,23 @@ def test_gui_run_is_recorded_then_resumed_from_the_runs_page(
     page.select_ids([record.id])
     (curve,) = page.chart.curves.values()
     assert list(curve.getOriginalDataset()[0]) == list(range(1, stop_step + 3))
+
+
+def test_export_from_the_runs_page_goes_through_the_state_signals(
+    qtbot, tmp_path, tiny_models, history
+):
+    root = tmp_path / "runs"
+    done = recorded_run(history, root, "good", "done", [(1, 3.0)], output=True)
+    window = make_window(qtbot, tmp_path, tiny_config(tiny_models, tmp_path))
+    window.go_to("Runs")
+    page = window.page("Runs")
+    chosen, shown = [], []
+    window.state.run_chosen.connect(chosen.append)
+    window.state.navigate.connect(shown.append)
+    page.select_ids([done])
+    page.export_button.click()
+
+    good = (root / "good").resolve()
+    assert chosen == [good] and shown == ["Export"]
+    assert window.page("Export").run_edit.text() == str(good)
+    assert window.stack.currentIndex() == window.pages.index(window.page("Export"))

@@ -10,13 +10,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from qlora_studio.config import ROW_FORMATS as FORMATS  # data.format's choices but auto
 from qlora_studio.core.data.files import ROW_HINT, RawTable, describe_type, read_source
 from qlora_studio.core.errors import DatasetError
 
-FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion", "text")
-
-
-EXPECTED_COLUMNS = {
+EXPECTED_COLUMNS: dict[str, str] = {
     "alpaca": "instruction, output (input and system optional)",
     "sharegpt": "conversations = [{from, value}, ...]",
     "messages": "messages = [{role, content}, ...]",

@@ -15,12 +15,11 @@ import weakref
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from qlora_studio.config import TEMPLATE_NAMES  # data.chat_template's named templates
 from qlora_studio.core.errors import DatasetError
 
 if TYPE_CHECKING:
     from qlora_studio.core.data.rows import Example
-
-TEMPLATE_NAMES = ("gemma", "chatml", "llama3", "alpaca", "plain")
 
 # Jinja runs with trim_blocks/lstrip_blocks in transformers, so every newline is a '\n' literal.
 _BOS = "{% if bos_token %}{{ bos_token }}{% endif %}"

@@ -12,44 +12,18 @@ import contextlib
 import json
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qlora_studio.config import RunConfig
 from qlora_studio.core.data.templates import stop_token_ids
 from qlora_studio.core.errors import StudioError
+from qlora_studio.core.evaluation.settings import (  # noqa: F401 (also importable from here)
+    SIDES,
+    EvaluationError,
+    GenerationSettings,
+)
 from qlora_studio.core.events import NullReporter, Reporter, say
-
-SIDES = ("base", "tuned")
-
-
-class EvaluationError(StudioError):
-    """A run or a held-out file that cannot be evaluated."""
-
-
-@dataclass
-class GenerationSettings:
-    """How answers are generated. ``temperature`` 0 means greedy (the evaluation's choice)."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-    def validate(self) -> GenerationSettings:
-        if not 1 <= self.max_new_tokens <= 8192:
-            raise EvaluationError(
-                f"max_new_tokens: {self.max_new_tokens} is out of range",
-                "use a value between 1 and 8192",
-            )
-        if not 0.0 <= self.temperature <= 5.0:
-            raise EvaluationError(
-                f"temperature: {self.temperature} is out of range", "use 0 (greedy) to 5"
-            )
-        if not 0.0 < self.top_p <= 1.0:
-            raise EvaluationError(f"top_p: {self.top_p} is out of range", "use a value in (0, 1]")
-        return self
 
 
 class ComparisonModel:
@@ -306,32 +280,8 @@ def _tokenizer_of(output_dir: Path, base_dir: Path, cfg: RunConfig):
 
 def _load_causal_lm(folder: Path, cfg: RunConfig, device: str, *, quantize: bool):
     """Load for inference: on a GPU as trained (4-bit for QLoRA); on the CPU in fp32."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    from qlora_studio.core.models.loading import load_causal_lm
 
-    from qlora_studio.core.models.loading import (
-        compute_dtype_name,
-        quantization_config,
-        torch_dtype,
+    return load_causal_lm(
+        folder, cfg, device, purpose="infer", quantize=quantize, error=EvaluationError
     )
-
-    kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
-    if device == "cuda":
-        compute = torch_dtype(compute_dtype_name(cfg.quant.compute_dtype, device))
-        kwargs["dtype"] = compute
-        if quantize:
-            kwargs["quantization_config"] = quantization_config(cfg.quant, compute)
-            kwargs["device_map"] = {"": device}
-    else:
-        kwargs["dtype"] = torch.float32
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
-    except Exception as exc:
-        raise EvaluationError(
-            f"could not load the model in {folder}: {exc}",
-            "check that the folder holds the model the run was trained on",
-        ) from exc
-    if not quantize or device != "cuda":
-        model.to(device)
-    model.config.use_cache = True
-    return model.eval()

@@ -3,145 +3,37 @@
 Scores per side: mean loss and perplexity on the completion tokens (the tokens the run trained
 on), exact match and a normalised string similarity of greedy generations against the
 reference answers, and how many answers ended at a stop token. The models come from
-:class:`~qlora_studio.core.comparison.ComparisonModel` (one model, the adapter switched on and
-off). Reports are saved as JSON in ``RUN_DIR/evaluation/``.
+:class:`~qlora_studio.core.evaluation.comparison.ComparisonModel` (one model, the adapter
+switched on and off). Reports are saved as JSON in ``RUN_DIR/evaluation/`` (see ``report.py``).
 """
 
 from __future__ import annotations
 
-import difflib
-import json
 import math
-import os
-import re
 import threading
 import time
-import unicodedata
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qlora_studio.config import RunConfig
 from qlora_studio.core.errors import Cancelled, DatasetError
-from qlora_studio.core.evaluation.comparison import (
-    SIDES,
-    ComparisonModel,
-    EvaluationError,
-    GenerationSettings,
+from qlora_studio.core.evaluation.comparison import ComparisonModel
+from qlora_studio.core.evaluation.report import (  # noqa: F401 (this module's public names)
+    EVAL_FOLDER,
+    EvalReport,
+    EvalRow,
+    SideScores,
+    exact_match,
+    load_reports,
+    normalise,
+    read_report,
+    report_file,
+    similarity,
 )
+from qlora_studio.core.evaluation.settings import SIDES, EvaluationError, GenerationSettings
 from qlora_studio.core.events import NullReporter, Reporter, make_event, say
 from qlora_studio.core.run_folder import trained_output
-
-EVAL_FOLDER = "evaluation"
-
-
-# ---------------------------------------------------------------- scoring
-
-
-def normalise(text: str) -> str:
-    """Case-folded, Unicode-normalised, whitespace collapsed, outer punctuation stripped."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = re.sub(r"\s+", " ", text).strip()
-    return text.strip(" .,;:!?\"'`")
-
-
-def exact_match(output: str, reference: str) -> bool:
-    """The answer equals the reference once both are :func:`normalise`\\ d."""
-    return normalise(output) == normalise(reference)
-
-
-def similarity(output: str, reference: str) -> float:
-    """Character-level similarity of the normalised strings in [0, 1] (difflib's ratio)."""
-    a, b = normalise(output), normalise(reference)
-    if not a and not b:
-        return 1.0
-    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
-
-
-@dataclass
-class SideScores:
-    """One model's scores over the evaluated rows."""
-
-    loss: float | None  # mean cross-entropy per completion token
-    perplexity: float | None
-    exact_match: float  # share of rows, 0..1
-    similarity: float  # mean, 0..1
-    stopped: float  # share of answers that ended at a stop token (not at max_new_tokens)
-    rows: int
-
-
-@dataclass
-class EvalRow:
-    row: int
-    prompt: str  # the last user turn
-    reference: str
-    outputs: dict[str, str]  # side -> generated answer
-    exact: dict[str, bool]
-    similarity: dict[str, float]
-    stopped: dict[str, bool]
-
-
-@dataclass
-class EvalReport:
-    """What ``evaluate_run`` measured; ``delta`` is tuned minus base exact match in points."""
-
-    run_dir: str
-    data: str
-    method: str
-    scores: dict[str, SideScores]
-    rows: list[EvalRow]
-    settings: GenerationSettings
-    runtime_s: float
-    device: str
-    created: str = field(default_factory=lambda: datetime.now().isoformat(timespec="seconds"))
-
-    @property
-    def delta_points(self) -> float:
-        return 100.0 * (self.scores["tuned"].exact_match - self.scores["base"].exact_match)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["delta_exact_match_points"] = round(self.delta_points, 2)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EvalReport:
-        return cls(
-            run_dir=data["run_dir"],
-            data=data["data"],
-            method=data.get("method", ""),
-            scores={k: SideScores(**v) for k, v in data["scores"].items()},
-            rows=[EvalRow(**r) for r in data["rows"]],
-            settings=GenerationSettings(**data.get("settings", {})),
-            runtime_s=data.get("runtime_s", 0.0),
-            device=data.get("device", ""),
-            created=data.get("created", ""),
-        )
-
-    def save(self, run_dir: Path, limit: int | None = None) -> Path:
-        """Write the report to ``run_dir/evaluation/<data stem>.json`` (atomically); a run on
-        the first ``limit`` rows goes to ``<stem>.first<limit>.json``, beside the full one."""
-        folder = Path(run_dir) / EVAL_FOLDER
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(self.data).stem) or "heldout"
-        path = folder / (f"{stem}.first{limit}.json" if limit else f"{stem}.json")
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
-
-
-def load_reports(run_dir: Path) -> list[EvalReport]:
-    """The evaluation reports saved in a run folder, newest first; unreadable ones are skipped."""
-    reports = []
-    for path in sorted((Path(run_dir) / EVAL_FOLDER).glob("*.json")):
-        try:
-            reports.append(EvalReport.from_dict(json.loads(path.read_text(encoding="utf-8"))))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return sorted(reports, key=lambda r: r.created, reverse=True)
-
 
 # ---------------------------------------------------------------- evaluation
 
@@ -273,7 +165,7 @@ def evaluate_run(
             model.close()
     if save:
         path = report.save(run_dir, limit)
-        say(reporter, f"Saved the evaluation to {path}")
+        say(reporter, f"Saved the evaluation to {path}", report_path=str(path))
     return report
 
 

@@ -274,6 +274,7 @@ class RunHistory:
                     "total_steps": int(total_steps),
                 },
             )
+            assert cursor.lastrowid is not None  # every INSERT sets it
             return int(cursor.lastrowid)
 
     def update_progress(

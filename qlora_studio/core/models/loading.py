@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
+from qlora_studio.config import Dtype, resolve_compute_dtype
 from qlora_studio.core.errors import StudioError, TrainingError
-from qlora_studio.core.run_folder import (  # noqa: F401  (the run folder's layout, re-exported)
-    ADAPTER,
-    CHECKPOINTS,
-    CONFIG_FILE,
-    EVENTS_FILE,
-    FULL_MODEL,
-    SUMMARY_FILE,
-    RunFolderLock,
-    create_run_folder,
-    last_checkpoint,
-    tidy_checkpoints,
-)
+
+if TYPE_CHECKING:
+    from qlora_studio.config import RunConfig
+
+Purpose = Literal["train", "infer", "merge"]
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -37,16 +32,15 @@ def pick_device(requested: str = "auto") -> str:
     return "cpu"
 
 
-def compute_dtype_name(requested: str, device: str) -> str:
-    """Resolve 'auto': bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU
-    (bf16 compute on the CPU made the loss climb where fp32 learned)."""
-    if requested != "auto":
-        return requested
-    if device == "cpu":
-        return "fp32"
-    import torch
+def compute_dtype_name(requested: str, device: str) -> Dtype:
+    """The compute dtype a run on ``device`` uses: :func:`~qlora_studio.config.
+    resolve_compute_dtype` with bf16 support asked of torch (on a GPU, when "auto")."""
+    bf16 = True
+    if requested == "auto" and device == "cuda":
+        import torch
 
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        bf16 = bool(torch.cuda.is_bf16_supported())
+    return resolve_compute_dtype(requested, device, bf16)
 
 
 def full_weights_dtype(recipe: str, compute: str, device: str) -> str:
@@ -79,19 +73,76 @@ def quantization_config(quant, compute_dtype):
     )
 
 
-def explain_load_error(exc: Exception, model_dir: Path) -> StudioError:
+def explain_load_error(
+    exc: Exception, model_dir: Path, error: type[StudioError] = TrainingError
+) -> StudioError:
+    """A loading failure as ``error``, with the hint for the usual causes."""
     message = str(exc)
     if "bitsandbytes" in message.lower():
-        return TrainingError(
+        return error(
             f"4-bit loading failed: {message}",
             "QLoRA needs bitsandbytes >= 0.46 (pip install -U bitsandbytes), or choose method lora",
         )
     if "out of memory" in message.lower():
-        return TrainingError(
+        return error(
             f"Out of memory while loading {model_dir.name}",
             "choose QLoRA (4-bit base) or a smaller model; `qlora-studio estimate` shows what fits",
         )
-    return TrainingError(f"Could not load the model from {model_dir}: {message}", "")
+    return error(
+        f"Could not load the model from {model_dir}: {message}",
+        "check that the folder holds a complete model (config.json and its weights)",
+    )
+
+
+def load_causal_lm(
+    folder: Path,
+    cfg: RunConfig,
+    device: str,
+    *,
+    purpose: Purpose,
+    quantize: bool | None = None,
+    error: type[StudioError] = TrainingError,
+) -> Any:
+    """Load ``folder`` as a causal LM the way ``cfg`` asks, for one ``purpose``:
+
+    - ``train``: QLoRA's base in 4-bit with the compute dtype, LoRA's base in the compute
+      dtype, a full fine-tune in :func:`full_weights_dtype`; no KV cache;
+    - ``infer`` (compare, eval, chat): on a GPU as trained (4-bit when ``quantize``, which
+      defaults to the run being QLoRA), on the CPU in fp32; KV cache on, eval mode;
+    - ``merge``: bf16 on the CPU, never 4-bit (an adapter merges into 16-bit weights).
+
+    Any failure is raised as ``error`` with a hint.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if quantize is None:
+        quantize = cfg.method == "qlora" and purpose != "merge"
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
+    compute = torch_dtype(compute_dtype_name(cfg.quant.compute_dtype, device))
+    four_bit = quantize and (purpose == "train" or device == "cuda")
+    if purpose == "merge":
+        kwargs["dtype"] = torch.bfloat16
+    elif purpose == "infer" and device != "cuda":
+        kwargs["dtype"] = torch.float32
+    elif purpose == "train" and cfg.method == "full":
+        weights = full_weights_dtype(
+            cfg.train.full_recipe, compute_dtype_name(cfg.quant.compute_dtype, device), device
+        )
+        kwargs["dtype"] = torch.bfloat16 if weights == "bf16" else torch.float32
+    else:
+        kwargs["dtype"] = compute
+    if four_bit:
+        kwargs["quantization_config"] = quantization_config(cfg.quant, compute)
+        kwargs["device_map"] = {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    except Exception as exc:
+        raise explain_load_error(exc, Path(folder), error) from exc
+    if not four_bit and purpose != "merge":
+        model.to(device)
+    model.config.use_cache = purpose == "infer"
+    return model.eval() if purpose == "infer" else model
 
 
 def model_type(model_dir: Path) -> str:

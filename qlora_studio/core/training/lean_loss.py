@@ -153,8 +153,8 @@ def _loss_sum(hidden, targets, lm_head, path: LossPath):
         )
     total = None
     for start in range(0, hidden.shape[0], path.chunk_tokens):
-        chunk = (lm_head, path.head, hidden[start : start + path.chunk_tokens])
-        chunk += (targets[start : start + path.chunk_tokens],)
+        end = start + path.chunk_tokens
+        chunk = (lm_head, path.head, hidden[start:end], targets[start:end])
         if torch.is_grad_enabled():  # keep no logits for backward: recompute them per chunk
             part = checkpoint(_chunk_loss_sum, *chunk, use_reentrant=False)
         else:

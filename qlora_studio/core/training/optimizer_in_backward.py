@@ -17,6 +17,7 @@ optimizer is built and how the gradient norm is read).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -121,6 +122,8 @@ class OptimizerInBackwardMixin:
     """Mix into a ``transformers.Trainer`` (subclass) before it: the optimizer it builds is an
     :class:`OptimizerInBackward` of the configured optimizer class and settings. Needs
     ``gradient_accumulation_steps == 1`` and ``max_grad_norm == 0`` (nothing to clip)."""
+
+    args: Any  # the Trainer's TrainingArguments
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:

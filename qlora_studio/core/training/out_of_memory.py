@@ -69,7 +69,9 @@ def _grown_term(
     """(name, size) of the largest estimate term that grows with the batch, at ``batch_shape``;
     None when the estimate cannot be made (the message then goes without it)."""
     from qlora_studio.core.events import format_gb
-    from qlora_studio.core.memory import Settings, estimate_memory
+    from qlora_studio.core.gpu import gpu_bf16_supported
+    from qlora_studio.core.memory import estimate_memory
+    from qlora_studio.core.memory_settings import Settings
     from qlora_studio.core.models.inspect import inspect_model
 
     try:
@@ -78,7 +80,8 @@ def _grown_term(
             allow_pickle=cfg.model.allow_pickle,
             trust_remote_code=cfg.model.trust_remote_code,
         )
-        settings = Settings.from_config(cfg, device=device)
+        bf16 = gpu_bf16_supported(0) if device == "cuda" else True
+        settings = Settings.from_config(cfg, device=device, bf16_supported=bf16)
         if batch_shape:
             settings.batch_size, settings.seq_len = batch_shape
         estimate = estimate_memory(info, settings, cfg.method)

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from qlora_studio.config import RunConfig
 from qlora_studio.core.errors import Cancelled, StudioError, TrainingError
@@ -26,14 +26,11 @@ from qlora_studio.core.events import (
 )
 from qlora_studio.core.models.loading import (
     compute_dtype_name,
-    explain_load_error,
-    full_weights_dtype,
+    load_causal_lm,
     model_type,
     pick_device,
-    quantization_config,
-    torch_dtype,
 )
-from qlora_studio.core.run_folder import (  # noqa: F401  (the run folder's layout, re-exported)
+from qlora_studio.core.run_folder import (
     ADAPTER,
     CHECKPOINTS,
     CONFIG_FILE,
@@ -41,13 +38,16 @@ from qlora_studio.core.run_folder import (  # noqa: F401  (the run folder's layo
     FULL_MODEL,
     SUMMARY_FILE,
     RunFolderLock,
-    create_run_folder,
     last_checkpoint,
     make_run_dir,
     tidy_checkpoints,
     write_json_atomic,
 )
 from qlora_studio.core.training.out_of_memory import explain_out_of_memory, is_out_of_memory
+
+if TYPE_CHECKING:
+    from qlora_studio.core.data.prepare import PreparedDataset
+    from qlora_studio.core.history.recorder import RunRecorder
 
 OPTIMIZER_NAMES = {  # our names -> transformers' OptimizerNames
     "adamw_torch": "adamw_torch",
@@ -92,16 +92,37 @@ class FineTuneRecipe:
         self.screen = reporter or NullReporter()
         self.reporter: Reporter = self.screen
         self.cancel = cancel or threading.Event()
-        self.run_dir = Path(run_dir) if run_dir else None
+        self._run_dir: Path | None = Path(run_dir) if run_dir else None
         self.resume = resume
-        self._events_file = None
-        self.recorder = None  # the run's row in the run history (core/run_recorder.py)
-        self.model = None
-        self.tokenizer = None
-        self.prepared = None
-        self.model_dir: Path | None = None
+        self._events_file: IO[str] | None = None
+        self.recorder: RunRecorder | None = None  # the run's row in the run history
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self._prepared: PreparedDataset | None = None
+        self._model_dir: Path | None = None
         self.device = "cpu"
         self._lock: RunFolderLock | None = None  # held from the run folder's start to cleanup
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder: given, or made when setup opens it."""
+        if self._run_dir is None:
+            raise TrainingError("the run folder is not open yet", "call setup() first")
+        return self._run_dir
+
+    @property
+    def model_dir(self) -> Path:
+        """The local folder of the base model, once setup has resolved the source."""
+        if self._model_dir is None:
+            raise TrainingError("the model source is not resolved yet", "call setup() first")
+        return self._model_dir
+
+    @property
+    def prepared(self) -> PreparedDataset:
+        """The tokenized, split dataset, once setup has read it."""
+        if self._prepared is None:
+            raise TrainingError("the dataset is not prepared yet", "call setup() first")
+        return self._prepared
 
     # ---- phases ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -115,7 +136,7 @@ class FineTuneRecipe:
             _refuse_finished_run(self.run_dir, cfg)
         self.device = pick_device(cfg.train.device)
         self._status(f"Preparing the model source '{cfg.model.source}'")
-        self.model_dir = resolve_model(
+        self._model_dir = resolve_model(
             cfg.model.source,
             allow_pickle=cfg.model.allow_pickle,
             trust_remote_code=cfg.model.trust_remote_code,
@@ -128,7 +149,7 @@ class FineTuneRecipe:
         )
         kind = model_type(self.model_dir)
         self._status(f"Reading the dataset {cfg.data.path}")
-        self.prepared = prepare_dataset(
+        self._prepared = prepare_dataset(
             cfg.data,
             self.tokenizer,
             model_type=kind,
@@ -275,8 +296,8 @@ class FineTuneRecipe:
 
     # ---- builders -------------------------------------------------------------------------
     def _open_run_dir(self) -> None:
-        if self.run_dir is None:
-            self.run_dir = make_run_dir(self.cfg)
+        if self._run_dir is None:
+            self._run_dir = make_run_dir(self.cfg)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self._lock is None:
             self._lock = RunFolderLock(self.run_dir).acquire()
@@ -290,7 +311,10 @@ class FineTuneRecipe:
             self.recorder = self._start_recorder(warn=to_screen_and_file)
             # the history first: when the screen (the GUI) sees 'done', the row already says so
             self.reporter = TeeReporter(self.recorder, to_screen_and_file)
-        self._status(f"Run folder: {self.run_dir}")
+        # the run_dir field tells a GUI where the run lives without parsing the message
+        self.reporter.emit(
+            make_event("status", message=f"Run folder: {self.run_dir}", run_dir=str(self.run_dir))
+        )
 
     def _start_recorder(self, warn: Reporter):
         from qlora_studio.core.history.recorder import RunRecorder
@@ -318,29 +342,9 @@ class FineTuneRecipe:
             self.recorder.finish(status, error=error)
 
     def _setup_model(self):
-        import torch
-        from transformers import AutoModelForCausalLM
-
         cfg = self.cfg
         method = cfg.method
-        compute = compute_dtype_name(cfg.quant.compute_dtype, self.device)
-        kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
-        if method == "qlora":
-            kwargs["quantization_config"] = quantization_config(cfg.quant, torch_dtype(compute))
-            kwargs["dtype"] = torch_dtype(compute)
-            kwargs["device_map"] = {"": self.device}
-        elif method == "lora":
-            kwargs["dtype"] = torch_dtype(compute)
-        else:  # full: lean = bf16 on a GPU, stepped in backward; mixed = fp32 under autocast
-            weights = full_weights_dtype(cfg.train.full_recipe, compute, self.device)
-            kwargs["dtype"] = torch.bfloat16 if weights == "bf16" else torch.float32
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), **kwargs)
-        except Exception as exc:
-            raise explain_load_error(exc, self.model_dir) from exc
-        if method != "qlora":
-            model.to(self.device)
-        model.config.use_cache = False
+        model = load_causal_lm(self.model_dir, cfg, self.device, purpose="train")
         if method == "full":
             return model
         import transformers

@@ -1,8 +1,10 @@
 """Compare: the base and the tuned model answer the same prompt side by side, streamed token by
 token with the run's chat template, and the held-out evaluation table.
 
-The run's model is loaded once in this process (one model: the adapter is switched off for the
-base's turn); "Unload" gives its memory back. Every job is a FunctionWorker in its own thread.
+No model lives in this process. "Load" starts a ``qlora-studio chat RUN --serve`` child
+(a :class:`ChatClient`) that loads the run once (one model: the adapter is switched off for the
+base's turn) and answers each prompt; "Unload" ends it. "Evaluate" runs ``qlora-studio eval``
+as a child (a :class:`ChildJob`) and shows the report it saved.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qlora_studio.gui.pages.base import Page
+from qlora_studio.gui.pages.base import Page, error_html
 from qlora_studio.gui.pages.evaluation_view import EvaluationView
 
 SIDE_TITLES = {"base": "Base model (adapter off)", "tuned": "Tuned model (adapter on)"}
@@ -36,17 +38,19 @@ SIDE_TITLES = {"base": "Base model (adapter off)", "tuned": "Tuned model (adapte
 
 class ComparePage(Page):
     title = "Compare"
+    follows_run_chosen = True  # a run picked on the Runs page shows here
 
     def __init__(self, state, parent=None):
         super().__init__(state, parent)
-        self.session = None  # core.evaluate.ComparisonModel once loaded
+        self.chat = None  # a ChatClient while a chat child runs
         self.loaded_run: Path | None = None
-        self.worker = None
-        self._thread = None
+        self.worker = None  # the job in progress: the eval TrainWorker, or the chat client
         self._pending_prompt: str | None = None
         self._answers = {"base": "", "tuned": ""}
+        self._stopped = False
         self.histories: dict[str, list[dict]] = {"base": [], "tuned": []}
         self.compared = False
+        state.run_chosen.connect(self._on_run_chosen)
 
         run_row = QHBoxLayout()
         run_row.addWidget(QLabel("Run folder"))
@@ -57,11 +61,13 @@ class ComparePage(Page):
         browse.clicked.connect(self._browse_run)
         run_row.addWidget(browse)
         self.load_button = QPushButton("Load models")
-        self.load_button.setToolTip("Load the base model and the run's adapter: one model")
+        self.load_button.setToolTip(
+            "Start a chat process that loads the base model and the run's adapter: one model"
+        )
         self.load_button.clicked.connect(self.load)
         run_row.addWidget(self.load_button)
         self.unload_button = QPushButton("Unload")
-        self.unload_button.setToolTip("Free the memory the models take")
+        self.unload_button.setToolTip("End the chat process: the models' memory is free")
         self.unload_button.clicked.connect(self.unload)
         self.unload_button.setEnabled(False)
         run_row.addWidget(self.unload_button)
@@ -190,20 +196,14 @@ class ComparePage(Page):
             self._show_saved(run_dir)
 
     def _suggested_run(self) -> Path | None:
-        chosen = getattr(self.state, "run_dir", None)
-        if chosen:
-            return Path(chosen)
-        window = self.window()
-        if hasattr(window, "page"):
-            trained = window.page("Train").run_dir
-            if trained:
-                return Path(trained)
+        if self.state.last_run_dir is not None:  # the latest run trained in this window
+            return self.state.last_run_dir
         root = Path(self.state.cfg.output.dir).expanduser()
         runs = [p.parent for p in root.glob("*/adapter/adapter_config.json")]
         return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
     def _show_saved(self, run_dir: Path) -> None:
-        from qlora_studio.core.evaluation.evaluate import load_reports
+        from qlora_studio.core.evaluation.report import load_reports
 
         reports = load_reports(run_dir)
         if reports:
@@ -219,10 +219,13 @@ class ComparePage(Page):
     def _browse_run(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Run folder", self.run_edit.text())
         if folder:
-            self.run_edit.setText(folder)
-            self.data_edit.clear()
-            self.evaluation.show_report(None)
-            self._show_saved(Path(folder))
+            self._on_run_chosen(folder)
+
+    def _on_run_chosen(self, run_dir) -> None:
+        self.run_edit.setText(str(run_dir))
+        self.data_edit.clear()
+        self.evaluation.show_report(None)
+        self._show_saved(Path(run_dir))
 
     def _browse_data(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -234,7 +237,7 @@ class ComparePage(Page):
         if path:
             self.data_edit.setText(path)
 
-    # ---- jobs ---------------------------------------------------------------------------------
+    # ---- the chat child -----------------------------------------------------------------------
     def load(self) -> None:
         run_dir = self._run_dir()
         if run_dir is None:
@@ -242,12 +245,22 @@ class ComparePage(Page):
             return
         if self.worker is not None:
             return
-        self._drop_session()
-        self._start(_load, run_dir, on_success=self._on_loaded, busy="Loading the models…")
+        from qlora_studio.gui.chat_client import ChatClient
+
+        self._drop_chat()
+        chat = self.chat = ChatClient(self)
+        chat.status.connect(self._on_status)
+        chat.ready.connect(self._on_loaded)
+        chat.token.connect(self._on_token)
+        chat.answer.connect(self._on_answer)
+        chat.failed.connect(self._on_chat_failed)
+        chat.closed.connect(self._on_chat_closed)
+        self._busy(chat, "Loading the models…")
+        chat.start(run_dir)
 
     def unload(self) -> None:
         if self.worker is None:
-            self._drop_session()
+            self._drop_chat()
             self.status.setText("Models unloaded; their memory is free.")
             self._sync_buttons()
 
@@ -255,117 +268,152 @@ class ComparePage(Page):
         text = self.prompt.toPlainText().strip()
         if not text or self.worker is not None:
             return
-        if self.session is None or self.loaded_run != self._run_dir():
+        if self.chat is None or not self.chat.is_ready or self.loaded_run != self._run_dir():
             self._pending_prompt = text
             self.load()
             return
-        from qlora_studio.core.evaluation.comparison import GenerationSettings
-
-        settings = GenerationSettings(
-            max_new_tokens=self.max_tokens.value(),
-            temperature=round(self.temperature.value(), 3),
-            top_p=round(self.top_p.value(), 3),
-        )
-        conversations = {}
+        settings = {
+            "max_new_tokens": self.max_tokens.value(),
+            "temperature": round(self.temperature.value(), 3),
+            "top_p": round(self.top_p.value(), 3),
+        }
+        message = {"role": "user", "content": text}
         for side, history in self.histories.items():
-            history.append({"role": "user", "content": text})
-            conversations[side] = list(history)
+            history.append(message)
             self._write(side, "You: ", bold=True, new_block=True)
             self._write(side, text)
             self._write(side, f"{side.title()}: ", bold=True, new_block=True)
         self._answers = {"base": "", "tuned": ""}
+        self._stopped = False
         self.prompt.clear()
-        self._start(
-            _stream,
-            self.session,
-            conversations,
-            settings,
-            on_success=self._on_answered,
-            busy="Generating…",
-            on_event=self._on_token,
-        )
+        self._busy(self.chat, "Generating…")
+        self.chat.generate([message], list(self.histories), settings)
 
     def new_conversation(self) -> None:
         if self.worker is None:
             self.histories = {"base": [], "tuned": []}
             for pane in self.panes.values():
                 pane.clear()
+            if self.chat is not None:
+                self.chat.reset()
 
+    def _on_status(self, message: str) -> None:
+        self.status.setText(message)
+
+    def _on_loaded(self, event: dict) -> None:
+        self.loaded_run = Path(event["run_dir"])
+        self.histories = {"base": [], "tuned": []}  # a new child starts a new conversation
+        stops = ", ".join(event.get("stop_tokens", []))
+        self.template_label.setText(f"stop tokens: {stops}")
+        self.template_label.setToolTip(
+            f"Chat template the run trained with:\n\n{event.get('chat_template', '')}"
+        )
+        self.status.setText(
+            f"Loaded {event['method']} run {self.loaded_run.name} on {event['device']} in a "
+            "chat process: one base model, the adapter switched on and off."
+        )
+        self._idle()
+        if self.evaluation.report is None:
+            self._show_saved(self.loaded_run)
+        if self._pending_prompt:
+            text, self._pending_prompt = self._pending_prompt, None
+            self.prompt.setPlainText(text)
+            self.send()
+
+    def _on_token(self, side: str, text: str) -> None:
+        self._answers[side] = self._answers.get(side, "") + text
+        self._write(side, text)
+
+    def _on_answer(self, event: dict) -> None:
+        self.histories[event["side"]].append({"role": "assistant", "content": event["text"]})
+        self._stopped = self._stopped or bool(event.get("stopped"))
+        if self.chat is not None and not self.chat.generating and self.worker is self.chat:
+            self.compared = True
+            self._idle()
+            self.status.setText(
+                "Stopped; the answers so far are kept."
+                if self._stopped
+                else "Answered. Same prompt, same settings, base vs tuned."
+            )
+            self.changed.emit()
+
+    def _on_chat_failed(self, message: str, hint: str) -> None:
+        self._pending_prompt = None
+        if self.worker is self.chat and not (self.chat and self.chat.generating):
+            self._idle()
+        self._say_error(message, hint)
+
+    def _on_chat_closed(self, _code: int) -> None:
+        chat = self.sender()
+        if chat is not None and chat is not self.chat:
+            return  # an earlier session, already dropped
+        self.chat = None
+        self.loaded_run = None
+        self.template_label.clear()
+        if chat is not None:
+            chat.deleteLater()
+        if self.worker is chat:
+            self._idle()
+        self._sync_buttons()
+
+    def _drop_chat(self, wait_ms: int = 0) -> None:
+        chat, self.chat = self.chat, None
+        self.loaded_run = None
+        self.template_label.clear()
+        if chat is not None:
+            if self.worker is chat:
+                self.worker = None
+            chat.closed.connect(chat.deleteLater)
+            chat.close(wait_ms=wait_ms)
+            if not chat.running:
+                chat.deleteLater()
+
+    # ---- the evaluation child -----------------------------------------------------------------
     def evaluate(self) -> None:
         run_dir = self._run_dir()
         if run_dir is None or self.worker is not None:
             return
-        data = self.data_edit.text().strip() or None
-        self._start(
-            _evaluate,
-            run_dir,
-            self.session,
-            data,
-            self.limit.value() or None,
-            on_success=self._on_evaluated,
-            busy="Evaluating the base and the tuned model…",
-        )
+        from qlora_studio.gui.jobs import ChildJob
+
+        note = ""
+        if self.chat is not None:  # one copy of the models at a time: a GPU may hold only one
+            self._drop_chat()
+            self.histories = {"base": [], "tuned": []}
+            note = " The chat models were unloaded to make room; Send loads them again."
+        args = ["eval", str(run_dir), "--events", "jsonl"]
+        if self.data_edit.text().strip():
+            args += ["--data", self.data_edit.text().strip()]
+        if self.limit.value():
+            args += ["--limit", str(self.limit.value())]
+        worker = ChildJob(args, grace_s=15.0)
+        worker.status.connect(self._on_status)
+        worker.progress.connect(self._on_progress)
+        worker.succeeded.connect(self._on_evaluated)
+        worker.failed.connect(self._on_failed)
+        worker.cancelled.connect(self._on_cancelled)
+        worker.finished.connect(self._on_finished)
+        self._busy(worker, "Evaluating the base and the tuned model…" + note)
+        self.run_job(worker, "eval")
 
     def stop(self) -> None:
         if self.worker is not None:
             self.worker.request_stop()
             self.status.setText("Stopping…")
 
-    def _start(self, fn, *args, on_success, busy: str, on_event=None) -> None:
-        from qlora_studio.gui.workers import FunctionWorker, start_in_thread
-
-        worker = FunctionWorker(fn, *args)
-        worker.status.connect(self.status.setText)
-        worker.progress.connect(self._on_progress)
-        worker.succeeded.connect(on_success)
-        worker.failed.connect(self._on_failed)
-        worker.cancelled.connect(self._on_cancelled)
-        worker.finished.connect(self._on_finished)
-        if on_event is not None:
-            worker.event.connect(on_event)
-        self.worker = worker
-        self.status.setText(busy)
-        self.bar.setRange(0, 0)
-        self.bar.show()
-        self._sync_buttons()
-        self._thread = start_in_thread(worker, self)
-
     # ---- worker slots (named methods: they run in the GUI thread) -----------------------------
-    def _on_loaded(self, session) -> None:
-        self._end_thread()
-        self.session = session
-        self.loaded_run = self._run_dir()
-        template = session.tokenizer.chat_template or ""
-        stops = ", ".join(session.tokenizer.convert_ids_to_tokens(session.stop_ids))
-        self.template_label.setText(f"stop tokens: {stops}")
-        self.template_label.setToolTip(f"Chat template the run trained with:\n\n{template}")
-        self.status.setText(
-            f"Loaded {session.cfg.method} run {self.loaded_run.name} on {session.device}: "
-            "one base model, the adapter switched on and off."
-        )
-        if self.evaluation.report is None:
-            self._show_saved(self.loaded_run)
+    def _on_evaluated(self, event: dict) -> None:
+        from qlora_studio.core.evaluation.report import read_report
 
-    def _on_token(self, event: dict) -> None:
-        if event.get("type") == "token":
-            side, text = event["side"], event["text"]
-            self._answers[side] = self._answers.get(side, "") + text
-            self._write(side, text)
-
-    def _on_answered(self, _result) -> None:
-        self._end_thread()
-        for side, history in self.histories.items():
-            history.append({"role": "assistant", "content": self._answers.get(side, "").strip()})
-        self.compared = True
-        self.status.setText("Answered. Same prompt, same settings, base vs tuned.")
-        self.changed.emit()
-
-    def _on_evaluated(self, report) -> None:
-        self._end_thread()
+        try:
+            report = read_report(Path(event["report_path"]))
+        except (KeyError, OSError, ValueError) as exc:
+            self._say_error(
+                f"The evaluation finished but its report cannot be read: {exc}",
+                "run it again; the report is saved in the run's evaluation/ folder",
+            )
+            return
         self.evaluation.show_report(report)
-        self.status.setText(
-            f"Evaluated {len(report.rows)} rows; saved in {report.run_dir}/evaluation/"
-        )
+        self.status.setText(f"Evaluated {len(report.rows)} rows; saved in {event['report_path']}")
         self.changed.emit()
 
     def _on_progress(self, event: dict) -> None:
@@ -374,43 +422,32 @@ class ComparePage(Page):
         self.bar.setValue(int(event.get("step", 0)))
 
     def _on_failed(self, message: str, hint: str) -> None:
-        self._end_thread()
         self._say_error(message, hint)
 
-    def _on_cancelled(self) -> None:
-        self._end_thread()
-        self.status.setText("Stopped.")
+    def _on_cancelled(self, _event) -> None:
+        self.status.setText("Stopped; nothing was saved.")
 
     def _on_finished(self) -> None:
-        self._end_thread()
+        self._idle()
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _busy(self, worker, message: str) -> None:
+        self.worker = worker
+        self.status.setTextFormat(Qt.TextFormat.AutoText)
+        self.status.setText(message)
+        self.bar.setRange(0, 0)
+        self.bar.show()
+        self._sync_buttons()
+
+    def _idle(self) -> None:
         self.worker = None
         self.bar.hide()
         self._sync_buttons()
-        if self._pending_prompt and self.session is not None:
-            text, self._pending_prompt = self._pending_prompt, None
-            self.prompt.setPlainText(text)
-            self.send()
-        else:
-            self._pending_prompt = None
-
-    # ---- helpers ------------------------------------------------------------------------------
-    def _end_thread(self) -> None:
-        from qlora_studio.gui.workers import end_thread
-
-        thread, self._thread = self._thread, None
-        end_thread(thread)
-
-    def _drop_session(self) -> None:
-        if self.session is not None:
-            self.session.close()
-        self.session = None
-        self.loaded_run = None
-        self.template_label.clear()
 
     def _sync_buttons(self) -> None:
         busy = self.worker is not None
         self.load_button.setEnabled(not busy)
-        self.unload_button.setEnabled(not busy and self.session is not None)
+        self.unload_button.setEnabled(not busy and self.chat is not None)
         self.send_button.setEnabled(not busy)
         self.eval_button.setEnabled(not busy)
         self.new_button.setEnabled(not busy)
@@ -429,21 +466,18 @@ class ComparePage(Page):
         pane.ensureCursorVisible()
 
     def _say_error(self, message: str, hint: str) -> None:
-        self.status.setText(
-            f"<span style='color:#b00020'><b>{_escape(message)}</b></span>"
-            + (f"<br>{_escape(hint)}" if hint else "")
-        )
+        self.status.setText(error_html(message, hint))
         self.status.setTextFormat(Qt.TextFormat.RichText)
 
+    def shutdown(self, wait_ms: int = 3_000) -> None:
+        """End the chat child and any evaluation: for a closing page or window."""
+        self._drop_chat(wait_ms=wait_ms)
+        if self.worker is not None and hasattr(self.worker, "kill"):
+            self.worker.kill()
+
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
-        self._drop_session()
+        self.shutdown()
         super().closeEvent(event)
-
-
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text).replace("\n", "<br>")
 
 
 def _eval_path_of(run_dir: Path) -> str:
@@ -453,25 +487,3 @@ def _eval_path_of(run_dir: Path) -> str:
         return RunConfig.load(Path(run_dir) / "config.yaml").data.eval_path
     except (ConfigError, OSError):
         return ""
-
-
-# ---- the jobs (run in a worker thread; plain data and the session cross back) -----------------
-def _load(reporter, cancel, run_dir: Path):
-    from qlora_studio.core.evaluation.comparison import ComparisonModel
-
-    return ComparisonModel.load(run_dir, reporter=reporter)
-
-
-def _stream(reporter, cancel, session, conversations: dict, settings) -> None:
-    from qlora_studio.core.events import make_event
-
-    for side, piece in session.stream(conversations, settings, cancel=cancel):
-        reporter.emit(make_event("token", side=side, text=piece))
-
-
-def _evaluate(reporter, cancel, run_dir: Path, session, data: str | None, limit: int | None):
-    from qlora_studio.core.evaluation.evaluate import evaluate_run
-
-    return evaluate_run(
-        run_dir, data=data, limit=limit, model=session, reporter=reporter, cancel=cancel
-    )

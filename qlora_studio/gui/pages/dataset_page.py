@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.config import CHAT_TEMPLATES, DATA_FORMATS, TRAIN_ON, RunConfig, field_help
-from qlora_studio.gui.pages.base import Page
+from qlora_studio.gui.pages.base import ERROR_COLOUR, Page, error_html
 from qlora_studio.gui.pages.dataset_report import (
     _analyse,
     _cell_text,
@@ -44,8 +44,6 @@ DATA_FILTER = "Data files (*.jsonl *.json *.csv *.tsv *.parquet *.txt);;All file
 DEBOUNCE_MS = 400
 TRAINED_COLOUR = "#c6efce"  # background of the tokens the loss is computed on
 CUT_COLOUR = "#9e9e9e"  # text past max length
-ERROR_COLOUR = "#b00020"
-JOIN_TIMEOUT_MS = 30_000
 CELL_CHARS = 120  # raw-row cells are cut here (the tooltip holds more)
 OUR_NAMES = (
     "instruction",
@@ -65,13 +63,10 @@ class DatasetPage(Page):
 
     def __init__(self, state, parent: QWidget | None = None):
         super().__init__(state, parent)
-        self.worker = None
-        self._thread = None
         self.report: dict | None = None  # the last successful analysis
         self.sample = ""  # its rendered sample as HTML
         self._report_key: tuple | None = None  # the settings it was made with
         self._attempt_key: tuple | None = None  # the settings of the last analysis started
-        self._rerun = False  # settings changed while an analysis ran
         self._loading = False
         self._bars: pg.BarGraphItem | None = None
         self.setAcceptDrops(True)
@@ -423,22 +418,16 @@ class DatasetPage(Page):
         """Analyse when a file and a model are set and these settings were not tried yet."""
         key = self._current_key()
         ready = self.path_edit.text().strip() and self.state.cfg.model.source.strip()
-        if ready and self.worker is None and key not in (self._attempt_key, self._report_key):
+        if ready and not self.is_running() and key not in (self._attempt_key, self._report_key):
             self.analyse()
 
     # ---- analysis -------------------------------------------------------------------------
-    def is_running(self) -> bool:
-        return self.worker is not None
-
     def analyse(self) -> None:
-        """Analyse the file with the current settings in a worker thread (one at a time; asked
-        again while one runs, it runs once more when that one ends)."""
-        from qlora_studio.gui.workers import FunctionWorker, start_in_thread
+        """Analyse the file with the current settings in a thread; asked again meanwhile, the
+        newer request replaces the running one (its result would be stale)."""
+        from qlora_studio.gui.jobs import ThreadJob
 
         self._debounce.stop()
-        if self.worker is not None:
-            self._rerun = True
-            return
         settings = self._settings()
         if not settings["path"]:
             self._show_error("Choose a data file first.", "Browse…, or drop a file on this page")
@@ -449,19 +438,17 @@ class DatasetPage(Page):
         self._attempt_key = self._current_key()
         self.error_label.hide()
         self.status_label.setText(f"Analysing {html.escape(Path(settings['path']).name)}…")
-        worker = FunctionWorker(_analyse, settings)
-        worker.status.connect(self.status_label.setText)
-        worker.succeeded.connect(self._on_analysed)
-        worker.failed.connect(self._on_failed)
-        worker.cancelled.connect(self._on_cancelled)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
+        job = ThreadJob(_analyse, settings)
+        job.status.connect(self.status_label.setText)
+        job.succeeded.connect(self._on_analysed)
+        job.failed.connect(self._on_failed)
+        job.cancelled.connect(self._on_cancelled)
+        job.finished.connect(self._on_finished)
         self.analyse_button.setEnabled(False)
         self.progress.show()
-        self._thread = start_in_thread(worker, self)
+        self.run_job(job)
 
     def _on_analysed(self, report: dict) -> None:
-        self._end_thread()
         self.report, self._report_key = report, self._attempt_key
         self.status_label.setText("")
         self._show_report(report)
@@ -472,42 +459,21 @@ class DatasetPage(Page):
         self.changed.emit()
 
     def _on_failed(self, message: str, hint: str) -> None:
-        self._end_thread()
         self.status_label.setText("")
         self._clear_results()
         self.state.set_data_report(None)
         self._show_error(message, hint)
         self.changed.emit()
 
-    def _on_cancelled(self) -> None:
-        self._end_thread()
+    def _on_cancelled(self, _event: dict) -> None:
         self.status_label.setText("Analysis cancelled.")
-
-    def _end_thread(self) -> None:
-        """Let the job's thread end before its outcome is shown. The worker is deleted in that
-        thread and needs the GIL there; waiting here (wait() releases the GIL) keeps the GUI
-        thread from holding the GIL while Qt locks that teardown also takes (a deadlock), and
-        the page, the thread's parent, is never destroyed with its thread running."""
-        from qlora_studio.gui.workers import end_thread
-
-        thread, self._thread = self._thread, None
-        end_thread(thread, JOIN_TIMEOUT_MS)
 
     def _on_finished(self) -> None:
         self.progress.hide()
         self.analyse_button.setEnabled(True)
-        self.worker = None
-        self._end_thread()
-        if self._rerun:
-            self._rerun = False
-            if self._current_key() != self._attempt_key:
-                self.analyse()
 
     def _show_error(self, message: str, hint: str) -> None:
-        text = f"<span style='color:{ERROR_COLOUR}'><b>{html.escape(message)}</b></span>"
-        if hint:
-            text += f"<br>{html.escape(hint)}"
-        self.error_label.setText(text)
+        self.error_label.setText(error_html(message, hint))
         self.error_label.show()
 
     def _clear_results(self) -> None:

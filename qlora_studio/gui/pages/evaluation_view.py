@@ -27,7 +27,7 @@ _GOOD, _BAD = QColor("#e3f4e3"), QColor("#fbe4e4")
 
 
 class EvaluationView(QWidget):
-    """Shows an :class:`~qlora_studio.core.evaluation.evaluate.EvalReport` (or nothing)."""
+    """Shows an :class:`~qlora_studio.core.evaluation.report.EvalReport` (or nothing)."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)

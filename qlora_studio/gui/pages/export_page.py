@@ -1,10 +1,12 @@
-"""Export: the trained adapter folder, optionally a merged 16-bit model, and "Open folder"."""
+"""Export: the trained adapter folder, optionally a merged 16-bit model, and "Open folder".
+The export runs as the CLI in a child process, so the window never loads a model."""
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
-from PySide6.QtCore import QUrl
+from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -17,7 +19,9 @@ from PySide6.QtWidgets import (
     QPushButton,
 )
 
-from qlora_studio.gui.pages.base import Page
+from qlora_studio.gui.pages.base import Page, error_html
+
+STOP_GRACE_S = 5.0  # an export has no step to stop after: killed soon after a stop
 
 
 class ExportPage(Page):
@@ -26,8 +30,6 @@ class ExportPage(Page):
     def __init__(self, state, parent=None):
         super().__init__(state, parent)
         self.exported: Path | None = None
-        self.worker = None
-        self._thread = None
         form = QFormLayout()
         run_row = QHBoxLayout()
         self.run_edit = QLineEdit()
@@ -64,18 +66,24 @@ class ExportPage(Page):
         self.message = QLabel("")
         self.message.setWordWrap(True)
         self.layout_.addWidget(self.message)
+        self.command = QLabel("")  # the command that runs, as a user would type it
+        self.command.setWordWrap(True)
+        self.command.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.layout_.addWidget(self.command)
         self.layout_.addStretch(1)
+        state.run_chosen.connect(self._on_run_chosen)
+        state.run_finished.connect(self._on_run_finished)
 
     def on_shown(self) -> None:
-        window = self.window()
-        train = getattr(window, "page", None)
-        if train and not self.run_edit.text():
-            run_dir = window.page("Train").run_dir
-            if run_dir:
-                self.run_edit.setText(str(run_dir))
+        if not self.run_edit.text() and self.state.last_run_dir is not None:
+            self.run_edit.setText(str(self.state.last_run_dir))
 
-    def is_running(self) -> bool:
-        return self.worker is not None
+    def _on_run_chosen(self, run_dir) -> None:
+        self.run_edit.setText(str(run_dir))
+
+    def _on_run_finished(self, run_dir) -> None:
+        if not self.run_edit.text():
+            self.run_edit.setText(str(run_dir))
 
     def is_complete(self) -> bool:
         return self.exported is not None
@@ -86,54 +94,51 @@ class ExportPage(Page):
             self.run_edit.setText(folder)
 
     def export(self) -> None:
-        from qlora_studio.gui.workers import FunctionWorker, start_in_thread
+        """Export in a child process (``qlora-studio export RUN [--merge] --out DEST``): a
+        merge loads the 16-bit base model, which must never happen in the window's process."""
+        from qlora_studio.gui.jobs import ChildJob
 
         run_dir = self.run_edit.text().strip()
         if not run_dir:
             self.message.setText("Choose a run folder first.")
             return
-        out = self.out_edit.text().strip() or None
-        worker = FunctionWorker(_export, run_dir, out, self.merge_box.isChecked())
-        worker.status.connect(self.message.setText)
-        worker.succeeded.connect(self._on_done)
-        worker.failed.connect(self._on_failed)
-        worker.finished.connect(self._on_finished)
+        args = ["export", run_dir, "--events", "jsonl"]
+        out = self.out_edit.text().strip()
+        if out:
+            args += ["--out", out]
+        if self.merge:
+            args.append("--merge")
+        job = ChildJob(args, grace_s=STOP_GRACE_S)
+        job.status.connect(self.message.setText)
+        job.succeeded.connect(self._on_done)
+        job.failed.connect(self._on_failed)
+        job.cancelled.connect(self._on_cancelled)
+        job.finished.connect(self._on_finished)
         self.export_button.setEnabled(False)
         self.bar.show()
-        self.worker = worker
-        self._thread = start_in_thread(worker, self)
+        self.command.setText(f"<code>{html.escape(job.display_command())}</code>")
+        self.run_job(job)
 
-    def _on_done(self, path) -> None:
-        self._end_thread()
-        self.exported = Path(path)
-        self.message.setText(f"Exported to <b>{path}</b>")
+    @property
+    def merge(self) -> bool:
+        return self.merge_box.isChecked()
+
+    def _on_done(self, event: dict) -> None:
+        self.exported = Path(event["export_dir"])
+        self.message.setText(f"Exported to <b>{html.escape(str(self.exported))}</b>")
         self.open_button.setEnabled(True)
         self.changed.emit()
 
     def _on_failed(self, message: str, hint: str) -> None:
-        self._end_thread()
-        self.message.setText(f"<span style='color:#b00020'><b>{message}</b></span><br>{hint}")
+        self.message.setText(error_html(message, hint))
 
-    def _end_thread(self) -> None:
-        from qlora_studio.gui.workers import end_thread
-
-        thread, self._thread = self._thread, None
-        end_thread(thread)
+    def _on_cancelled(self, _event: dict) -> None:
+        self.message.setText("Export stopped; nothing was written.")
 
     def _on_finished(self) -> None:
-        self._end_thread()
         self.bar.hide()
         self.export_button.setEnabled(True)
-        self.worker = None
 
     def open_folder(self) -> None:
         if self.exported:
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.exported)))
-
-
-def _export(reporter, cancel, run_dir: str, out: str | None, merge: bool) -> str:
-    from qlora_studio.core.export import export_run
-
-    return str(
-        export_run(Path(run_dir), out=Path(out) if out else None, merge=merge, reporter=reporter)
-    )

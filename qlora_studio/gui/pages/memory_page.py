@@ -14,13 +14,15 @@ from PySide6.QtWidgets import (
     QTextBrowser,
 )
 
+from qlora_studio.config import METHOD_LABELS, METHODS
+from qlora_studio.core.events import GB
 from qlora_studio.gui.charts import PALETTE
-from qlora_studio.gui.pages.base import Page
+from qlora_studio.gui.pages.base import Page, error_html
 
-GIB = 2**30
-METHODS = ("full", "lora", "qlora")
-NAMES = {"full": "Full", "lora": "LoRA", "qlora": "QLoRA"}
 COLOURS = [*PALETTE, "#1f77b4", "#8c564b", "#17becf"]
+VERIFY_TEXT = "Verify fit (2 real steps)"
+PROBE_CONFIG = "probe.yaml"  # one file in user_data/configs, overwritten by each probe
+PROBE_GRACE_S = 5.0  # the probe exits at once on a stop line; killed if it has not by then
 STATUS_COLOUR = {"fits": "#1b7f3b", "tight": "#b8860b", "does not fit": "#b00020"}
 
 
@@ -31,8 +33,6 @@ class MemoryPage(Page):
         super().__init__(state, parent)
         self.estimates: dict = {}
         self.verdicts: dict = {}
-        self.probe_worker = None
-        self._thread = None
 
         row = QHBoxLayout()
         row.addWidget(QLabel("Judge against:"))
@@ -43,7 +43,7 @@ class MemoryPage(Page):
         )
         self.gpu_combo.setMinimumWidth(280)
         row.addWidget(self.gpu_combo, 1)
-        self.verify_button = QPushButton("Verify fit (2 real steps)")
+        self.verify_button = QPushButton(VERIFY_TEXT)
         self.verify_button.setToolTip(
             "Runs two training steps on the longest batch and measures the peak memory"
         )
@@ -68,6 +68,8 @@ class MemoryPage(Page):
         self.probe_bar.setRange(0, 0)
         self.probe_bar.hide()
         self.layout_.addWidget(self.probe_bar)
+        self.probe_status = QLabel("")
+        self.layout_.addWidget(self.probe_status)
         self.details = QTextBrowser()
         self.details.setMinimumHeight(220)
         self.layout_.addWidget(self.details, 1)
@@ -95,9 +97,6 @@ class MemoryPage(Page):
     def on_shown(self) -> None:
         self.refresh()
 
-    def is_running(self) -> bool:
-        return self.probe_worker is not None
-
     def is_complete(self) -> bool:
         verdict = self.verdicts.get(self.state.cfg.method)
         return verdict is not None and verdict.status != "does not fit"
@@ -107,7 +106,8 @@ class MemoryPage(Page):
         from qlora_studio.core.errors import StudioError
         from qlora_studio.core.fit import judge
         from qlora_studio.core.gpu import list_gpus, resolve_gpu
-        from qlora_studio.core.memory import Settings, estimate_memory
+        from qlora_studio.core.memory import estimate_memory
+        from qlora_studio.core.memory_settings import Settings
 
         info = self.state.model_info
         if info is None:
@@ -120,10 +120,12 @@ class MemoryPage(Page):
             return
         detected = "" if list_gpus() else " — no NVIDIA GPU found on this computer (NVML)"
         self.gpu_line.setText(
-            f"<b>{gpu.name}</b>: {gpu.total_bytes / GIB:.1f} GB total, "
-            f"{gpu.free_bytes / GIB:.1f} GB free ({gpu.source}){detected}"
+            f"<b>{gpu.name}</b>: {gpu.total_bytes / GB:.1f} GB total, "
+            f"{gpu.free_bytes / GB:.1f} GB free ({gpu.source}){detected}"
         )
-        settings = Settings.from_config(self.state.cfg, device="cuda")
+        settings = Settings.from_config(
+            self.state.cfg, device="cuda", bf16_supported=gpu.bf16_supported
+        )
         self.estimates = {m: estimate_memory(info, settings, m) for m in METHODS}
         self.verdicts = {
             m: judge(e, info, settings, gpu.free_bytes) for m, e in self.estimates.items()
@@ -140,8 +142,8 @@ class MemoryPage(Page):
         self.fit_line.setVisible(cfg.train.fit == "auto")
         if cfg.train.fit != "auto":
             return
-        choice = auto_fit(info, cfg, gpu.free_bytes)
-        text = f"<b>Auto-fit</b> ({NAMES[cfg.method]}): {choice.reason}"
+        choice = auto_fit(info, cfg, gpu.free_bytes, bf16_supported=gpu.bf16_supported)
+        text = f"<b>Auto-fit</b> ({METHOD_LABELS[cfg.method]}): {choice.reason}"
         if not choice.fits:
             text = f"<span style='color:#b00020'>{text}</span>. To fit: {choice.hint}"
         self.fit_line.setText(text)
@@ -158,7 +160,7 @@ class MemoryPage(Page):
             heights = []
             for method in METHODS:
                 term = self.estimates[method].term(name)
-                heights.append(term.bytes / GIB if term else 0.0)
+                heights.append(term.bytes / GB if term else 0.0)
             bars = pg.BarGraphItem(
                 x=list(range(len(METHODS))),
                 height=heights,
@@ -169,9 +171,9 @@ class MemoryPage(Page):
             )
             self.plot.addItem(bars)
             bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
-        lines = [(gpu.total_bytes / GIB, "total", pg.QtCore.Qt.PenStyle.DashLine)]
+        lines = [(gpu.total_bytes / GB, "total", pg.QtCore.Qt.PenStyle.DashLine)]
         if gpu.free_bytes < gpu.total_bytes:
-            lines.append((gpu.free_bytes / GIB, "free", pg.QtCore.Qt.PenStyle.DotLine))
+            lines.append((gpu.free_bytes / GB, "free", pg.QtCore.Qt.PenStyle.DotLine))
         for y, label, style in lines:
             line = pg.InfiniteLine(
                 pos=y,
@@ -185,13 +187,13 @@ class MemoryPage(Page):
         axis.setTicks(
             [
                 [
-                    (i, f"{NAMES[m]}: {self.estimates[m].total_bytes / GIB:.1f} GB")
+                    (i, f"{METHOD_LABELS[m]}: {self.estimates[m].total_bytes / GB:.1f} GB")
                     for i, m in enumerate(METHODS)
                 ]
             ]
         )
         self.plot.setXRange(-0.5, len(METHODS) + 1.2, padding=0)  # room for the legend
-        self.plot.setYRange(0, max(max(bottoms), gpu.total_bytes / GIB) * 1.1)
+        self.plot.setYRange(0, max(max(bottoms), gpu.total_bytes / GB) * 1.1)
 
     def _describe(self, settings) -> None:
         parts = [
@@ -204,20 +206,21 @@ class MemoryPage(Page):
             colour = STATUS_COLOUR[verdict.status]
             chosen = " (chosen)" if method == self.state.cfg.method else ""
             parts.append(
-                f"<h3>{NAMES[method]}{chosen}: <span style='color:{colour}'>{verdict.status}"
-                f"</span> — {estimate.total_bytes / GIB:.2f} GB</h3>"
+                f"<h3>{METHOD_LABELS[method]}{chosen}: "
+                f"<span style='color:{colour}'>{verdict.status}"
+                f"</span> — {estimate.total_bytes / GB:.2f} GB</h3>"
                 f"<p>Largest term: <b>{estimate.dominant}</b>. Largest batch that fits: "
                 f"{verdict.max_batch_size}; longest sequence: {verdict.max_seq_len:,}.</p>"
             )
             if verdict.advice:
                 parts.append("<ul>" + "".join(f"<li>{a}</li>" for a in verdict.advice) + "</ul>")
             rows = "".join(
-                f"<tr><td>{t.name}</td><td align='right'>{t.bytes / GIB:.2f} GB</td>"
+                f"<tr><td>{t.name}</td><td align='right'>{t.bytes / GB:.2f} GB</td>"
                 f"<td>{t.detail}</td></tr>"
                 for t in estimate.terms
             )
             rows += "".join(  # paged optimizer states: CPU RAM, outside the GPU total
-                f"<tr><td>{t.name}, in CPU RAM</td><td align='right'>{t.bytes / GIB:.2f} GB</td>"
+                f"<tr><td>{t.name}, in CPU RAM</td><td align='right'>{t.bytes / GB:.2f} GB</td>"
                 f"<td>{t.detail}</td></tr>"
                 for t in estimate.cpu_terms
             )
@@ -226,61 +229,51 @@ class MemoryPage(Page):
 
     # ---- probe --------------------------------------------------------------------------
     def verify(self) -> None:
-        from qlora_studio.gui.workers import FunctionWorker, start_in_thread
+        """Run the probe (``qlora-studio probe CONFIG --json``) in a child process: fresh
+        memory, measured alone, nothing left behind in the window. Pressed while one runs,
+        the button cancels it."""
+        from qlora_studio.gui.jobs import ChildJob
+        from qlora_studio.resources import user_data_dir
 
-        window = self.window()
-        for page in getattr(window, "pages", []):
-            page.apply_config(self.state.cfg)
-        self.verify_button.setEnabled(False)
+        if self.is_running():
+            self.state.jobs.stop((self, "probe"))
+            return
+        cfg = self.state.collect_config()
+        path = cfg.save(user_data_dir() / "configs" / PROBE_CONFIG)
+        job = ChildJob(["probe", str(path), "--json"], grace_s=PROBE_GRACE_S)
+        job.log.connect(self._on_probe_log)
+        job.succeeded.connect(self._on_probe)
+        job.failed.connect(self._on_probe_failed)
+        job.cancelled.connect(self._on_probe_cancelled)
+        job.finished.connect(self._probe_finished)
+        self.verify_button.setText("Cancel verify")
+        self.probe_status.setText("Probing: two training steps on the longest batch…")
         self.probe_bar.show()
-        worker = FunctionWorker(_probe, self.state.cfg.to_dict(), needs_ml=False)  # a child
-        worker.succeeded.connect(self._on_probe)
-        worker.failed.connect(self._on_probe_failed)
-        worker.finished.connect(self._probe_finished)
-        self.probe_worker = worker
-        self._thread = start_in_thread(worker, self)
+        self.run_job(job, "probe")
+
+    def _on_probe_log(self, line: str) -> None:
+        if line.startswith("• "):  # the probe's status lines
+            self.probe_status.setText(line[2:])
 
     def _on_probe_failed(self, message: str, hint: str) -> None:
-        self._end_thread()
-        self._probe_text(f"<span style='color:#b00020'>Probe failed: {message}</span> {hint}")
+        self._probe_text(f"<p>{error_html(message, hint, prefix='Probe failed: ')}</p>")
 
-    def _end_thread(self) -> None:
-        from qlora_studio.gui.workers import end_thread
-
-        thread, self._thread = self._thread, None
-        end_thread(thread)
+    def _on_probe_cancelled(self, _event: dict) -> None:
+        self._probe_text("<p>Verify fit cancelled.</p>")
 
     def _probe_finished(self) -> None:
-        self._end_thread()
-        self.verify_button.setEnabled(True)
+        self.verify_button.setText(VERIFY_TEXT)
+        self.probe_status.setText("")
         self.probe_bar.hide()
-        self.probe_worker = None
 
     def _probe_text(self, html: str) -> None:
         self.details.setHtml(html + self.details.toHtml())
 
     def _on_probe(self, result: dict) -> None:
-        self._end_thread()
-        if "error" in result:
-            self._probe_text(f"<p style='color:#b00020'>Probe failed: {result['error']}</p>")
-            return
         self._probe_text(
-            f"<p><b>Verify fit</b> ({NAMES[result['method']]}, {result['steps']} steps on "
+            f"<p><b>Verify fit</b> ({METHOD_LABELS[result['method']]}, {result['steps']} steps on "
             f"{result['device']}, batch {result['batch_size']} × {result['seq_len']} tokens): "
-            f"measured <b>{result['peak_bytes'] / GIB:.2f} GB</b>, estimated "
-            f"{result['estimate_bytes'] / GIB:.2f} GB at the same settings "
+            f"measured <b>{result['peak_bytes'] / GB:.2f} GB</b>, estimated "
+            f"{result['estimate_bytes'] / GB:.2f} GB at the same settings "
             f"({result['error_pct']:+.1f}%).</p>"
         )
-
-
-def _probe(reporter, cancel, cfg_dict: dict) -> dict:
-    """Run the probe as a child process (fresh memory, nothing left behind in the window)."""
-    from qlora_studio.cli.memory import _probe_child
-    from qlora_studio.config import RunConfig
-    from qlora_studio.core.events import make_event
-    from qlora_studio.core.memory import Settings
-
-    cfg = RunConfig.from_dict(cfg_dict)
-    reporter.emit(make_event("status", message="Probing: two training steps on the longest batch"))
-    settings = Settings.from_config(cfg)
-    return _probe_child(cfg, cfg.method, settings)

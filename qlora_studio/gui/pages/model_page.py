@@ -1,5 +1,5 @@
 """Model: choose the base model (the demo, a local folder, a GGUF file or a hub id), inspect it
-in a worker thread and show what it is made of: sizes, parameters by kind, LoRA targets."""
+in a thread and show what it is made of: sizes, parameters by kind, LoRA targets."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.config import RunConfig, field_help
-from qlora_studio.gui.pages.base import Page
+from qlora_studio.gui.pages.base import Page, error_html
 
 DEMO, FOLDER, GGUF, HUB = "demo", "folder", "gguf", "hub"
 KIND_LABELS = {
@@ -44,8 +44,6 @@ PLACEHOLDERS = {
     GGUF: "a .gguf file, e.g. the one llama.cpp or Ollama runs",
     HUB: "org/name, e.g. Qwen/Qwen2.5-0.5B-Instruct",
 }
-ERROR_COLOUR = "#b00020"
-JOIN_TIMEOUT_MS = 30_000
 SELECTABLE = Qt.TextInteractionFlag.TextSelectableByMouse
 RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -105,8 +103,6 @@ class ModelPage(Page):
 
     def __init__(self, state, parent: QWidget | None = None):
         super().__init__(state, parent)
-        self.worker = None
-        self._thread = None
         self.info = None  # ModelInfo of the last successful inspection
         self._info_key: tuple | None = None  # the source it describes
         self._running_key: tuple | None = None
@@ -349,19 +345,15 @@ class ModelPage(Page):
         if self._auto_ran:
             return
         self._auto_ran = True
-        if self.current_source() and self.info is None and self.worker is None:
+        if self.current_source() and self.info is None and not self.is_running():
             self.inspect()
 
     # ---- inspection -----------------------------------------------------------------------
-    def is_running(self) -> bool:
-        return self.worker is not None
-
     def inspect(self) -> None:
-        """Inspect the chosen source in a worker thread (one at a time)."""
-        from qlora_studio.gui.workers import FunctionWorker, start_in_thread
+        """Inspect the chosen source in a thread; asked again meanwhile, the newer request
+        replaces the running one."""
+        from qlora_studio.gui.jobs import ThreadJob
 
-        if self.worker is not None:
-            return
         source = self.current_source()
         if not source:
             self._show_error("Choose a model first.", PLACEHOLDERS[self._kind])
@@ -376,19 +368,17 @@ class ModelPage(Page):
             )
         else:
             self.status_label.setText(f"Inspecting {html.escape(source)}…")
-        worker = FunctionWorker(_inspect, source, key[1], key[2])
-        worker.status.connect(self.status_label.setText)
-        worker.succeeded.connect(self._on_inspected)
-        worker.failed.connect(self._on_failed)
-        worker.cancelled.connect(self._on_cancelled)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
+        job = ThreadJob(_inspect, source, key[1], key[2])
+        job.status.connect(self.status_label.setText)
+        job.succeeded.connect(self._on_inspected)
+        job.failed.connect(self._on_failed)
+        job.cancelled.connect(self._on_cancelled)
+        job.finished.connect(self._on_finished)
         self.inspect_button.setEnabled(False)
         self.progress.show()
-        self._thread = start_in_thread(worker, self)
+        self.run_job(job)
 
     def _on_inspected(self, info) -> None:
-        self._end_thread()
         if self._running_key != self._current_key():
             self.status_label.setText(
                 "The source changed while it was inspected: press Inspect again."
@@ -403,36 +393,19 @@ class ModelPage(Page):
         self.changed.emit()
 
     def _on_failed(self, message: str, hint: str) -> None:
-        self._end_thread()
         self.status_label.setText("")
         if self._running_key == self._current_key():
             self._show_error(message, hint)
 
-    def _on_cancelled(self) -> None:
-        self._end_thread()
+    def _on_cancelled(self, _event: dict) -> None:
         self.status_label.setText("Inspection cancelled.")
-
-    def _end_thread(self) -> None:
-        """Let the job's thread end before its outcome is shown. The worker is deleted in that
-        thread and needs the GIL there; waiting here (wait() releases the GIL) keeps the GUI
-        thread from holding the GIL while Qt locks that teardown also takes (a deadlock), and
-        the page, the thread's parent, is never destroyed with its thread running."""
-        from qlora_studio.gui.workers import end_thread
-
-        thread, self._thread = self._thread, None
-        end_thread(thread, JOIN_TIMEOUT_MS)
 
     def _on_finished(self) -> None:
         self.progress.hide()
         self.inspect_button.setEnabled(True)
-        self.worker = None
-        self._end_thread()
 
     def _show_error(self, message: str, hint: str) -> None:
-        text = f"<span style='color:{ERROR_COLOUR}'><b>{html.escape(message)}</b></span>"
-        if hint:
-            text += f"<br>{html.escape(hint)}"
-        self.error_label.setText(text)
+        self.error_label.setText(error_html(message, hint))
         self.error_label.show()
 
     def _show_info(self, info: dict) -> None:

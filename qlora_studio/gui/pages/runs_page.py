@@ -277,11 +277,9 @@ class RunsPage(Page):
         from qlora_studio.core.run_folder import CONFIG_FILE
 
         record = self._single()
-        window = self.window()
-        if record is None or not hasattr(window, "page"):
+        if record is None:
             return
-        train = window.page("Train")
-        if train.is_running():
+        if self.state.running:
             self._say("A training run is in progress: stop it or let it finish first.")
             return
         try:
@@ -293,41 +291,39 @@ class RunsPage(Page):
         if changes:
             shown = "\n".join(f"  • {c}" for c in changes[:12])
             more = f"\n  … and {len(changes) - 12} more" if len(changes) > 12 else ""
-            answer = QMessageBox.question(
-                self,
-                "The run's config changed",
+            question = (
                 f"{CONFIG_FILE} in {record.run_dir} differs from the config run {record.id} "
-                f"started with:\n\n{shown}{more}\n\nResume with the changed config?",
-                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                QMessageBox.StandardButton.No,
+                f"started with:\n\n{shown}{more}\n\nResume with the changed config?"
             )
-            if answer != QMessageBox.StandardButton.Yes:
+            if not self.confirm("The run's config changed", question):
                 self._say("Not resumed.")
                 return
         self.state.run_dir = Path(record.run_dir)
-        window.go_to("Train")
-        train.resume_run(Path(record.run_dir), self._curve(record))
+        self.state.navigate.emit("Train")
+        self.state.resume_requested.emit(Path(record.run_dir), self._curve(record))
         self._say(f"Resuming run {record.id} on the Train page.")
 
     def export_selected(self) -> None:
         record = self._single()
-        window = self.window()
-        if record is None or not hasattr(window, "page"):
-            return
-        self.state.run_dir = Path(record.run_dir)
-        window.page("Export").run_edit.setText(record.run_dir)
-        window.go_to("Export")
+        if record is not None:
+            self.state.choose_run(Path(record.run_dir), "Export")
 
     def compare_selected(self) -> None:
         record = self._single()
-        window = self.window()
-        if record is None or not hasattr(window, "page"):
-            return
-        self.state.run_dir = Path(record.run_dir)
-        run_edit = getattr(window.page("Compare"), "run_edit", None)
-        if run_edit is not None:  # the page may already show another run
-            run_edit.setText(record.run_dir)
-        window.go_to("Compare")
+        if record is not None:
+            self.state.choose_run(Path(record.run_dir), "Compare")
+
+    def confirm(self, title: str, question: str) -> bool:
+        """Ask a yes/no question (No by default). Tests replace it with an answer: nothing
+        answers a modal question under pytest-qt."""
+        answer = QMessageBox.question(
+            self,
+            title,
+            question,
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
 
     def delete_selected(self) -> None:
         records = self.selected_records()
@@ -335,16 +331,12 @@ class RunsPage(Page):
             return
         names = "\n".join(f"  • {r.id} {r.name}: {r.run_dir}" for r in records[:10])
         more = f"\n  … and {len(records) - 10} more" if len(records) > 10 else ""
-        answer = QMessageBox.question(
-            self,
-            "Delete runs" if len(records) > 1 else "Delete run",
+        question = (
             f"Delete {'these runs' if len(records) > 1 else 'this run'} and everything in "
             f"{'their folders' if len(records) > 1 else 'its folder'} (checkpoints, adapter, "
-            f"exports)?\n\n{names}{more}\n\nThis cannot be undone.",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-            QMessageBox.StandardButton.No,
+            f"exports)?\n\n{names}{more}\n\nThis cannot be undone."
         )
-        if answer != QMessageBox.StandardButton.Yes:
+        if not self.confirm("Delete runs" if len(records) > 1 else "Delete run", question):
             return
         problems = []
         try:

@@ -34,7 +34,7 @@ CHOICES = {
     ("quant", "compute_dtype"): C.COMPUTE_DTYPES,
     ("train", "optimizer"): C.OPTIMIZERS,
     ("train", "scheduler"): C.SCHEDULERS,
-    ("train", "device"): ("auto", "cuda", "cpu"),
+    ("train", "device"): C.DEVICES,
     ("train", "full_recipe"): C.FULL_RECIPES,
     ("train", "loss_impl"): C.LOSS_IMPLS,
     ("train", "fit"): C.FIT_MODES,
@@ -48,7 +48,8 @@ MEMORY_NOTES = {
     "gradient_checkpointing": "Keeps one hidden state per layer instead of all activations: "
     "the largest saving for long sequences.",
     "batch_size": "Activations and logits grow linearly with the batch.",
-    "compute_dtype": "bf16 halves activation memory against fp32.",
+    "compute_dtype": "bf16 halves activation memory against fp32; for LoRA it is also the "
+    "frozen base's dtype (2 B per parameter instead of 4).",
     "full_recipe": "lean keeps 2 B of bf16 weights per parameter on a GPU and one parameter's "
     "gradient at a time (mixed: 4 B fp32 weights + 4 B gradients each), but gives up clipping "
     "across all parameters and gradient accumulation.",
@@ -73,11 +74,18 @@ PRESETS = {
         "train": {"gradient_checkpointing": True, "optimizer": "paged_adamw_32bit", "lr": 1e-4},
     },
 }
+# the quant fields only a 4-bit base (QLoRA) uses; compute_dtype sets every method's precision
+FOUR_BIT_FIELDS = ("quant_type", "double_quant")
+COMPUTE_DTYPE_ROLE = {
+    "full": "full fine-tuning: the autocast dtype (mixed), or bf16 weights (lean, on a GPU)",
+    "lora": "LoRA: sets the 16-bit base dtype (the frozen base's weights and matmuls)",
+    "qlora": "QLoRA: the dtype the 4-bit weights are dequantized to for each matmul",
+}
 # (config section, group title, its fields; None = the section's fields no other group lists),
 # in two columns: left, right, left, ...
 SECTIONS = (
     ("lora", "LoRA adapter", None),
-    ("quant", "4-bit quantization (QLoRA)", None),
+    ("quant", "Compute dtype and 4-bit base (QLoRA)", None),
     ("train", "Training", None),
     (
         "train",
@@ -125,16 +133,10 @@ class SettingsPage(Page):
         method_box = QGroupBox("Method")
         row = QHBoxLayout(method_box)
         self.method_group = QButtonGroup(self)
-        labels = {"full": "Full fine-tuning", "lora": "LoRA", "qlora": "QLoRA (4-bit base + LoRA)"}
-        tips = {
-            "full": "Every weight trains: ~16-18 bytes per parameter before activations.",
-            "lora": "Frozen 16-bit base + small trainable low-rank adapters.",
-            "qlora": "Frozen base stored in 4-bit NF4 + LoRA: the least memory.",
-        }
         self.method_buttons = {}
         for method in C.METHODS:
-            button = QRadioButton(labels[method])
-            button.setToolTip(tips[method])
+            button = QRadioButton(C.METHOD_LABELS[method])
+            button.setToolTip(C.METHOD_SUMMARIES[method])
             self.method_group.addButton(button)
             self.method_buttons[method] = button
             row.addWidget(button)
@@ -237,8 +239,7 @@ class SettingsPage(Page):
             self.method_buttons[cfg.method].setChecked(True)
             for section, name in self.editors:
                 self._write(section, name, getattr(getattr(cfg, section), name))
-            self.groups["quant"].setEnabled(cfg.method == "qlora")
-            self.groups["lora"].setEnabled(cfg.method != "full")
+            self._enable_for(cfg.method)
         finally:
             self._loading = False
 
@@ -246,6 +247,15 @@ class SettingsPage(Page):
         cfg.method = self.current_method()
         for section, name in self.editors:
             setattr(getattr(cfg, section), name, self._read(section, name))
+
+    def _enable_for(self, method: str) -> None:
+        """Enable what ``method`` uses: the LoRA group but for full fine-tuning, the 4-bit
+        knobs for QLoRA only; compute_dtype always (for LoRA it is the base's dtype)."""
+        self.groups["lora"].setEnabled(method != "full")
+        for name in FOUR_BIT_FIELDS:
+            self.editors[("quant", name)].setEnabled(method == "qlora")
+        compute = self.editors[("quant", "compute_dtype")]
+        compute.setToolTip(f"{_tooltip('quant', 'compute_dtype')}\n\n{COMPUTE_DTYPE_ROLE[method]}")
 
     def current_method(self) -> str:
         return next(m for m, b in self.method_buttons.items() if b.isChecked())
@@ -265,9 +275,7 @@ class SettingsPage(Page):
     def _on_edit(self, *_) -> None:
         if self._loading:
             return
-        method = self.current_method()
-        self.groups["quant"].setEnabled(method == "qlora")
-        self.groups["lora"].setEnabled(method != "full")
+        self._enable_for(self.current_method())
         problem = self.validation_error()
         self.message.setText(f"<span style='color:#b00020'>{problem}</span>" if problem else "")
         if not problem:

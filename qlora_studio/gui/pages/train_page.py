@@ -1,12 +1,11 @@
 """Train: Start / Stop / Resume, live loss and memory charts, progress, speed, ETA and a log.
 
-Training runs as the CLI child process (``qlora-studio train CONFIG --events jsonl``) driven by a
-TrainWorker in a QThread: the window never holds the model, and a crash cannot take it down.
+Training runs as the CLI child process (``qlora-studio train CONFIG --events jsonl``) behind a
+ChildJob: the window never holds the model, and a crash cannot take it down.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -24,6 +23,8 @@ from PySide6.QtWidgets import (
 from qlora_studio.gui.pages.base import Page
 
 LOG_LINES = 2000
+RUN_CONFIG = "gui-run.yaml"  # in user_data/configs: the config of the latest Start
+SLOT = "training"
 
 
 def _duration(seconds) -> str:
@@ -42,9 +43,8 @@ class TrainPage(Page):
         from qlora_studio.gui.charts import LossChart, MemoryChart
 
         super().__init__(state, parent)
-        self.worker = None
-        self.thread = None
         self.run_dir: Path | None = None
+        self._run_announced = False  # the running child has named its run folder
         self.finished_ok = False
 
         buttons = QHBoxLayout()
@@ -91,6 +91,7 @@ class TrainPage(Page):
         vertical.addWidget(self.log)
         vertical.setSizes([420, 160])
         self.layout_.addWidget(vertical, 1)
+        state.resume_requested.connect(self.resume_run)
 
     @staticmethod
     def _titled(title: str, widget: QWidget) -> QWidget:
@@ -105,25 +106,26 @@ class TrainPage(Page):
     def is_complete(self) -> bool:
         return self.finished_ok
 
-    def is_running(self) -> bool:
-        return self.worker is not None and self.worker.running
+    @property
+    def training(self):
+        """The running training job (a ChildJob), or None."""
+        return self.job(SLOT)
 
     # ---- actions ------------------------------------------------------------------------
     def _config_path(self) -> Path:
+        """The config the child trains from: one file, overwritten at each Start (the run
+        folder keeps its own copy, so older ones are never needed)."""
         from qlora_studio.resources import user_data_dir
 
-        name = f"run-{datetime.now():%Y%m%d-%H%M%S}.yaml"
-        return self.state.cfg.save(user_data_dir() / "configs" / name)
+        return self.state.cfg.save(user_data_dir() / "configs" / RUN_CONFIG)
 
     def start(self) -> None:
         from qlora_studio.config import ConfigError
-        from qlora_studio.gui.workers import TrainWorker
+        from qlora_studio.gui.jobs import ChildJob
 
-        window = self.window()
-        if hasattr(window, "pages"):
-            for page in window.pages:
-                if page is not self:
-                    page.apply_config(self.state.cfg)
+        if self.training is not None:
+            return
+        self.state.collect_config()
         try:
             self.state.cfg.validate()
         except ConfigError as exc:
@@ -132,13 +134,13 @@ class TrainPage(Page):
         self.loss_chart.clear()
         self.memory_chart.clear()
         self.log.clear()
-        self._launch(TrainWorker.train(self._config_path()))
+        self._launch(ChildJob.train(self._config_path()))
 
     def resume(self) -> None:
-        from qlora_studio.gui.workers import TrainWorker
+        from qlora_studio.gui.jobs import ChildJob
 
-        if self.run_dir is not None:
-            self._launch(TrainWorker.resume(self.run_dir))
+        if self.run_dir is not None and self.training is None:
+            self._launch(ChildJob.resume(self.run_dir))
 
     def resume_run(self, run_dir: Path, losses=()) -> None:
         """Resume the run in ``run_dir`` (chosen on the Runs page); ``losses`` are its
@@ -155,63 +157,46 @@ class TrainPage(Page):
         self.resume()
 
     def stop(self) -> None:
-        if self.worker is not None:
-            self.worker.request_stop()
+        job = self.training
+        if job is not None:
+            job.request_stop()
             self.stop_button.setEnabled(False)
             self.numbers.setText(self.numbers.text() + "  — stopping after this step…")
 
-    def stop_for_exit(self, grace_s: float = 60.0) -> None:
-        """The window is closing: stop gracefully (a checkpoint is saved), kill after
-        ``grace_s``, and wait for the worker thread so nothing outlives the window."""
-        import time
-
-        from PySide6.QtWidgets import QApplication
-
-        worker = self.worker
-        if worker is None:
-            return
-        worker.request_stop()
-        deadline = time.monotonic() + grace_s
-        while self.worker is not None and time.monotonic() < deadline:
-            QApplication.processEvents()
-            time.sleep(0.02)
-        if self.worker is not None:
-            worker.kill()
-            deadline = time.monotonic() + 10
-            while self.worker is not None and time.monotonic() < deadline:
-                QApplication.processEvents()
-                time.sleep(0.02)
-
-    def _launch(self, worker) -> None:
-        from qlora_studio.gui.workers import start_in_thread
-
+    def _launch(self, job) -> None:
         self.finished_ok = False
-        self.worker = worker
-        self.command.setText(f"<code>{worker.display_command()}</code>")
-        worker.status.connect(self._on_status)
-        worker.log.connect(self.log.appendPlainText)
-        worker.progress.connect(self._on_progress)
-        worker.metrics.connect(self.loss_chart.add_metrics)
-        worker.memory.connect(self._on_memory)
-        worker.checkpoint.connect(self._on_checkpoint)
-        worker.succeeded.connect(self._on_done)
-        worker.failed.connect(self._on_failed)
-        worker.cancelled.connect(self._on_cancelled)
-        worker.finished.connect(self._on_finished)
+        self._run_announced = False
+        self.command.setText(f"<code>{job.display_command()}</code>")
+        job.status.connect(self._on_status)
+        job.event.connect(self._on_event)
+        job.log.connect(self.log.appendPlainText)
+        job.progress.connect(self._on_progress)
+        job.metrics.connect(self.loss_chart.add_metrics)
+        job.memory.connect(self._on_memory)
+        job.checkpoint.connect(self._on_checkpoint)
+        job.succeeded.connect(self._on_done)
+        job.failed.connect(self._on_failed)
+        job.cancelled.connect(self._on_cancelled)
+        job.finished.connect(self._on_finished)
         self.start_button.setEnabled(False)
         self.resume_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         self.state.running = True
-        self.thread = start_in_thread(worker, self)
+        self.run_job(job, SLOT)
 
-    # ---- worker signals -----------------------------------------------------------------
+    # ---- job signals --------------------------------------------------------------------
     def _append(self, text: str) -> None:
         self.log.appendPlainText(text)
 
     def _on_status(self, message: str) -> None:
         self._append(f"• {message}")
-        if message.startswith("Run folder: "):
-            self.run_dir = Path(message.removeprefix("Run folder: ").strip())
+
+    def _on_event(self, event: dict) -> None:
+        run_dir = event.get("run_dir") if event.get("type") == "status" else None
+        if isinstance(run_dir, str) and run_dir:  # the child made (or reopened) the run folder
+            self.run_dir = Path(run_dir)
+            self._run_announced = True
+            self.state.set_run_started(self.run_dir)
 
     def _on_checkpoint(self, event: dict) -> None:
         self._append(f"checkpoint at step {event['step']}: {event['path']}")
@@ -231,7 +216,6 @@ class TrainPage(Page):
             self.memory_chart.set_gpu_total(event["nvml_total_bytes"])
 
     def _on_done(self, event: dict) -> None:
-        self._end_thread()
         self.finished_ok = True
         self.run_dir = Path(event["run_dir"])
         loss = event.get("final_loss")
@@ -243,7 +227,6 @@ class TrainPage(Page):
         self.changed.emit()
 
     def _on_failed(self, message: str, hint: str) -> None:
-        self._end_thread()
         if "out of memory" in message.lower():
             self.memory_chart.mark_oom()
         self._say_error(message, hint)
@@ -256,7 +239,6 @@ class TrainPage(Page):
         self._append(f"✗ {message}" + (f"\n  hint: {hint}" if hint else ""))
 
     def _on_cancelled(self, event: dict) -> None:
-        self._end_thread()
         checkpoint = event.get("checkpoint") or ""
         if checkpoint:
             self.run_dir = Path(checkpoint).parent.parent
@@ -265,16 +247,10 @@ class TrainPage(Page):
             " — Resume continues from there."
         )
 
-    def _end_thread(self) -> None:
-        from qlora_studio.gui.workers import end_thread
-
-        thread, self.thread = self.thread, None
-        end_thread(thread)
-
     def _on_finished(self) -> None:
-        self._end_thread()
         self.state.running = False
-        self.worker = None
+        if self._run_announced and self.run_dir is not None:
+            self.state.set_run_finished(self.run_dir)
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         self.resume_button.setEnabled(self.run_dir is not None and not self.finished_ok)

@@ -1,5 +1,7 @@
-"""TrainWorker and FunctionWorker with real child processes and real tiny models: the signals
-arrive in the GUI thread, in order, with exactly one outcome and `finished` last."""
+"""Page jobs with real child processes and real tiny models: ChildJob (the CLI in a child) and
+ThreadJob (a function in superqt's thread). The signals arrive in the GUI thread, in order, with
+exactly one outcome and `finished` last; a replaced job delivers nothing; the registry ends
+every job."""
 
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from test_training import make_config
 
 from qlora_studio.core.errors import DatasetError
 from qlora_studio.core.events import make_event
-from qlora_studio.gui.workers import FunctionWorker, TrainWorker, start_in_thread
+from qlora_studio.gui.jobs import ChildJob, JobRegistry, ThreadJob
 
 TRAIN_SIGNALS = (
     "started",
+    "event",
     "status",
     "progress",
     "metrics",
@@ -30,6 +33,7 @@ TRAIN_SIGNALS = (
     "finished",
 )
 FUNCTION_SIGNALS = ("started", "status", "succeeded", "failed", "cancelled", "finished")
+PLAIN = {"needs_ml": False}  # the test functions need no torch
 OUTCOMES = {"succeeded", "failed", "cancelled"}
 RUN_TIMEOUT_MS = 120_000
 
@@ -59,6 +63,9 @@ class SignalLog(QObject):
 
     def on_started(self):
         self._record("started")
+
+    def on_event(self, event):
+        self._record("event", event)
 
     def on_status(self, message):
         self._record("status", message)
@@ -110,7 +117,7 @@ class SignalLog(QObject):
 def run_worker(qtbot, worker, *, timeout=RUN_TIMEOUT_MS, names=TRAIN_SIGNALS, hooks=None):
     signals = SignalLog(worker, names, hooks)
     with qtbot.waitSignal(signals.finished_seen, timeout=timeout):
-        start_in_thread(worker)
+        worker.start()
     signals.assert_well_formed()
     return signals
 
@@ -121,9 +128,9 @@ def config_path(tiny_models, tmp_path) -> Path:
     return cfg.save(tmp_path / "run.yaml")
 
 
-# ---- TrainWorker ----------------------------------------------------------------------------
+# ---- ChildJob --------------------------------------------------------------------------------
 def test_training_run_reports_every_event_then_succeeds(qtbot, config_path):
-    worker = TrainWorker.train(config_path)
+    worker = ChildJob.train(config_path)
     signals = run_worker(qtbot, worker)
 
     assert signals.outcomes() == ["succeeded"], signals.of("failed")
@@ -140,7 +147,7 @@ def test_training_run_reports_every_event_then_succeeds(qtbot, config_path):
 
 
 def test_stop_saves_a_checkpoint_and_ends_the_child(qtbot, config_path):
-    worker = TrainWorker.train(config_path, ["train.max_steps=400", "train.save_steps=1000"])
+    worker = ChildJob.train(config_path, ["train.max_steps=400", "train.save_steps=1000"])
 
     def stop_at_step_two(event):
         if event["step"] >= 2:
@@ -159,19 +166,20 @@ def test_stop_saves_a_checkpoint_and_ends_the_child(qtbot, config_path):
 
 
 def test_a_child_that_outlives_its_grace_is_killed_and_reported_stopped(qtbot, config_path):
-    worker = TrainWorker(["train", str(config_path)], grace_s=0)
+    worker = ChildJob(["train", str(config_path), "--events", "jsonl"], grace_s=0)
     # asked while it still loads: no time to stop cleanly within a zero grace
     signals = run_worker(qtbot, worker, hooks={"status": [lambda _message: worker.request_stop()]})
 
     assert signals.outcomes() == ["cancelled"]
-    assert signals.of("cancelled")[0] == {"type": "cancelled", "step": 0, "checkpoint": ""}
+    cancelled = signals.of("cancelled")[0]
+    assert (cancelled["type"], cancelled["step"], cancelled["checkpoint"]) == ("cancelled", 0, "")
     assert "did not stop within 0 s and was killed" in signals.of("status")[-1]
 
 
 def test_bad_data_fails_with_the_file_and_row(qtbot, config_path, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("prompt,completion\nhello,world\nsecond,\n")
-    signals = run_worker(qtbot, TrainWorker.train(config_path, [f"data.path={bad}"]))
+    signals = run_worker(qtbot, ChildJob.train(config_path, [f"data.path={bad}"]))
 
     assert signals.outcomes() == ["failed"]
     message, hint = signals.of("failed")[0]
@@ -180,7 +188,7 @@ def test_bad_data_fails_with_the_file_and_row(qtbot, config_path, tmp_path):
 
 
 def test_a_killed_child_is_reported_as_ended_unexpectedly(qtbot, config_path):
-    worker = TrainWorker.train(config_path, ["train.max_steps=400"])
+    worker = ChildJob.train(config_path, ["train.max_steps=400"])
     # kill as soon as the child speaks: it exists, and is still loading
     signals = run_worker(qtbot, worker, hooks={"status": [lambda _message: worker.kill()]})
 
@@ -192,7 +200,7 @@ def test_a_killed_child_is_reported_as_ended_unexpectedly(qtbot, config_path):
 
 
 def test_a_crash_without_an_error_event_shows_the_last_log_lines(qtbot, config_path):
-    worker = TrainWorker(["train", str(config_path), "--no-such-option"])
+    worker = ChildJob(["train", str(config_path), "--no-such-option"])
     signals = run_worker(qtbot, worker, timeout=60_000)
 
     message, hint = signals.of("failed")[0]
@@ -202,16 +210,16 @@ def test_a_crash_without_an_error_event_shows_the_last_log_lines(qtbot, config_p
 
 
 def test_stop_before_the_start_runs_nothing(qtbot, config_path):
-    worker = TrainWorker.train(config_path)
+    worker = ChildJob.train(config_path)
     worker.request_stop()
     signals = run_worker(qtbot, worker, timeout=10_000)
-    assert signals.names() == ["started", "cancelled", "finished"]
+    assert signals.names() == ["started", "event", "cancelled", "finished"]
     assert signals.of("cancelled")[0]["step"] == 0
 
 
 def test_commands_show_what_a_user_would_type(tmp_path):
     config = tmp_path / "my runs" / "config.yaml"
-    worker = TrainWorker.train(config, ["train.lr=1e-4"])
+    worker = ChildJob.train(config, ["train.lr=1e-4"])
     assert worker.display_command() == (f"qlora-studio train '{config}' --set train.lr=1e-4")
     assert worker.command()[1:] == [
         "-m",
@@ -223,12 +231,12 @@ def test_commands_show_what_a_user_would_type(tmp_path):
         "--events",
         "jsonl",
     ]
-    assert TrainWorker.resume("/runs/r1").display_command() == "qlora-studio resume /runs/r1"
+    assert ChildJob.resume("/runs/r1").display_command() == "qlora-studio resume /runs/r1"
 
 
 def test_the_window_process_never_loads_the_training_libraries():
     code = (
-        "import sys, qlora_studio.gui.workers; "
+        "import sys, qlora_studio.gui.jobs, qlora_studio.gui.main_window; "
         "print([m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'datasets') "
         "if m in sys.modules])"
     )
@@ -236,7 +244,7 @@ def test_the_window_process_never_loads_the_training_libraries():
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
 
 
-# ---- FunctionWorker -------------------------------------------------------------------------
+# ---- ThreadJob -----------------------------------------------------------------------------
 def run_function(qtbot, worker, hooks=None):
     return run_worker(qtbot, worker, timeout=10_000, names=FUNCTION_SIGNALS, hooks=hooks)
 
@@ -246,7 +254,7 @@ def test_function_result_and_status_arrive(qtbot):
         reporter.emit(make_event("status", message="adding"))
         return {"sum": a + b, "thread": threading.current_thread().name}
 
-    signals = run_function(qtbot, FunctionWorker(add, 2, b=3))
+    signals = run_function(qtbot, ThreadJob(add, 2, b=3, **PLAIN))
     assert signals.names() == ["started", "status", "succeeded", "finished"]
     assert signals.of("status") == ["adding"]
     result = signals.of("succeeded")[0]
@@ -260,9 +268,9 @@ def test_function_errors_become_message_and_hint(qtbot):
     def bug(reporter, cancel):
         raise KeyError("oops")
 
-    signals = run_function(qtbot, FunctionWorker(bad_data))
+    signals = run_function(qtbot, ThreadJob(bad_data, **PLAIN))
     assert signals.of("failed") == [("data.csv, row 3: empty completion", "fill in the completion")]
-    signals = run_function(qtbot, FunctionWorker(bug))
+    signals = run_function(qtbot, ThreadJob(bug, **PLAIN))
     assert signals.of("failed") == [("KeyError: 'oops'", "See the log for details.")]
 
 
@@ -272,6 +280,51 @@ def test_function_stops_when_asked(qtbot):
         if not cancel.wait(timeout=30):
             return "never stopped"
 
-    worker = FunctionWorker(wait_for_stop)
+    worker = ThreadJob(wait_for_stop, **PLAIN)
     signals = run_function(qtbot, worker, hooks={"status": [lambda _m: worker.request_stop()]})
     assert signals.names() == ["started", "status", "cancelled", "finished"]
+
+
+# ---- JobRegistry ----------------------------------------------------------------------------
+def test_a_job_replaced_mid_flight_delivers_nothing_stale(qtbot):
+    release = threading.Event()
+
+    def slow(reporter, cancel, answer):
+        reporter.emit(make_event("status", message=f"working on {answer}"))
+        release.wait(timeout=30)  # ignores its cancel event: its result comes anyway
+        reporter.emit(make_event("status", message=f"{answer} is ready"))
+        return answer
+
+    registry = JobRegistry()
+    old = ThreadJob(slow, "stale", **PLAIN)
+    old_signals = SignalLog(old, FUNCTION_SIGNALS)
+    with qtbot.waitSignal(old.status, timeout=10_000):
+        registry.start("page", old)
+    new = ThreadJob(slow, "fresh", **PLAIN)
+    new_signals = SignalLog(new, FUNCTION_SIGNALS)
+    registry.start("page", new)  # drops the old job while it runs
+    assert old.dropped and old.cancel_event.is_set() and registry.current("page") is new
+    with qtbot.waitSignal(new_signals.finished_seen, timeout=10_000):
+        release.set()
+    qtbot.waitUntil(lambda: not registry.running(), timeout=10_000)
+
+    new_signals.assert_well_formed()
+    assert new_signals.of("succeeded") == ["fresh"]
+    assert old_signals.names() == ["started", "status"]  # nothing after the drop
+    assert registry.current("page") is None
+
+
+def test_a_replaced_child_is_stopped_and_its_outcome_never_arrives(qtbot, config_path):
+    registry = JobRegistry()
+    old = ChildJob.train(config_path, ["train.max_steps=400", "train.save_steps=1000"])
+    old_signals = SignalLog(old)
+    with qtbot.waitSignal(old.progress, timeout=RUN_TIMEOUT_MS):
+        registry.start("train", old)
+    new = ThreadJob(lambda reporter, cancel: "fresh", **PLAIN)
+    with qtbot.waitSignal(new.finished, timeout=10_000):
+        registry.start("train", new)
+    qtbot.waitUntil(lambda: not old.running, timeout=RUN_TIMEOUT_MS)  # it saw the stop line
+
+    assert old.process._proc.poll() is not None
+    assert not OUTCOMES & set(old_signals.names()) and "finished" not in old_signals.names()
+    assert not registry.running()
