@@ -30,6 +30,8 @@ Device = Literal["auto", "cuda", "cpu"]
 LossImpl = Literal["auto", "chunked", "liger", "full_logits"]
 FullRecipe = Literal["lean", "mixed"]
 FitMode = Literal["off", "auto"]
+ExportFormat = Literal["adapter", "merged", "gguf-lora", "gguf"]
+GgufType = Literal["f16", "bf16", "q8_0", "q4_0"]  # what this app writes; K-quants need llama.cpp
 
 METHODS: tuple[Method, ...] = get_args(Method)
 DATA_FORMATS: tuple[DataFormat, ...] = get_args(DataFormat)
@@ -43,6 +45,8 @@ DEVICES: tuple[Device, ...] = get_args(Device)
 LOSS_IMPLS: tuple[LossImpl, ...] = get_args(LossImpl)
 FULL_RECIPES: tuple[FullRecipe, ...] = get_args(FullRecipe)
 FIT_MODES: tuple[FitMode, ...] = get_args(FitMode)
+EXPORT_FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
+GGUF_TYPES: tuple[GgufType, ...] = get_args(GgufType)
 
 # what the GUI, the CLI's text output and the messages call each method
 METHOD_LABELS: dict[Method, str] = {"full": "Full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
@@ -51,6 +55,29 @@ METHOD_SUMMARIES: dict[Method, str] = {
     "full": "Every weight trains: ~16-18 bytes per parameter before activations.",
     "lora": "Frozen 16-bit base + small trainable low-rank adapters.",
     "qlora": "Frozen base stored in 4-bit NF4 + LoRA: the least memory.",
+}
+# what the Export page, the CLI's help and the model cards call each export format ...
+EXPORT_FORMAT_LABELS: dict[ExportFormat, str] = {
+    "adapter": "LoRA adapter (peft)",
+    "merged": "Merged model (safetensors, 16-bit)",
+    "gguf-lora": "LoRA adapter as GGUF (llama.cpp --lora, Ollama ADAPTER)",
+    "gguf": "Merged model as GGUF (llama.cpp, Ollama)",
+}
+# ... and one line each: what it is for and what it costs (the GUI's tooltips)
+EXPORT_FORMAT_SUMMARIES: dict[ExportFormat, str] = {
+    "adapter": "A copy of the trained adapter (or full model) for transformers + peft; instant.",
+    "merged": "One standalone model for tools without adapters; loads the 16-bit base on the "
+    "CPU (about 2 bytes per parameter of RAM) and writes as much to disk.",
+    "gguf-lora": "A small file llama.cpp and Ollama apply on top of the base model; no merge, "
+    "a few seconds. Not for full fine-tunes or DoRA.",
+    "gguf": "One file llama.cpp and Ollama run on their own; merges on the CPU first (the "
+    "16-bit base in RAM), then writes the GGUF in the type chosen.",
+}
+GGUF_TYPE_LABELS: dict[GgufType, str] = {
+    "f16": "F16 (2 bytes per weight, lossless for a 16-bit merge)",
+    "bf16": "BF16 (2 bytes per weight, bf16's range)",
+    "q8_0": "Q8_0 (about 1.06 bytes per weight, near lossless)",
+    "q4_0": "Q4_0 (about 0.56 bytes per weight, smallest)",
 }
 # the named chat templates (``data.chat_template``): every choice but auto and tokenizer
 TEMPLATE_NAMES: tuple[ChatTemplate, ...] = tuple(

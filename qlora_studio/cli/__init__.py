@@ -13,7 +13,15 @@ import importlib
 import sys
 
 from qlora_studio.cli.common import EXIT_OK, events_arg, model_safety_args
-from qlora_studio.config import CHAT_TEMPLATES, DATA_FORMATS, METHODS, TRAIN_ON
+from qlora_studio.config import (
+    CHAT_TEMPLATES,
+    DATA_FORMATS,
+    EXPORT_FORMAT_LABELS,
+    EXPORT_FORMATS,
+    GGUF_TYPES,
+    METHODS,
+    TRAIN_ON,
+)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -79,9 +87,29 @@ def _build_parser() -> argparse.ArgumentParser:
     idata.add_argument("--train-on", default="completions", choices=TRAIN_ON)
     idata.add_argument("--json", action="store_true", help="print JSON")
 
-    export = sub.add_parser("export", help="export a run's adapter, or merge it into the base")
+    export = sub.add_parser(
+        "export",
+        help="export a run: its adapter, a merged model, or GGUF for llama.cpp and Ollama",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="formats:\n"
+        + "\n".join(f"  {f:<10} {label}" for f, label in EXPORT_FORMAT_LABELS.items()),
+    )
     export.add_argument("run_dir", help="the run folder")
-    export.add_argument("--merge", action="store_true", help="merge into a 16-bit base model")
+    export.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        help="what to write (default adapter), in RUN_DIR/exports/adapter, merged, gguf-lora "
+        "or gguf-<quant> unless --out says where",
+    )
+    export.add_argument(
+        "--merge", action="store_true", help="the same as --format merged (kept for scripts)"
+    )
+    export.add_argument(
+        "--quant",
+        metavar="TYPE",
+        help=f"with --format gguf: {', '.join(GGUF_TYPES)} (default f16); K-quants such as "
+        "q4_k_m need llama.cpp's llama-quantize",
+    )
     export.add_argument("--out", help="destination folder (must not exist)")
     events_arg(export)
 

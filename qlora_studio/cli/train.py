@@ -57,25 +57,69 @@ def _train(cfg, reporter, cancel):
 
 def cmd_export(args) -> int:
     reporter = reporter_for(args.events)
+    export_format = args.format or ("merged" if args.merge else "adapter")
+    if args.merge and export_format != "merged":
+        return fail(
+            reporter,
+            f"--merge and --format {export_format} ask for two different exports",
+            "--merge is the same as --format merged; keep one of them",
+        )
+    if args.quant is not None and export_format != "gguf":
+        return fail(
+            reporter,
+            f"--quant is for --format gguf only, not {export_format}",
+            "add --format gguf to write a merged GGUF of that type, or drop --quant",
+        )
 
     def work(cancel):
-        from qlora_studio.core.events import make_event
-        from qlora_studio.core.export import export_run
-
-        dest = export_run(
-            Path(args.run_dir),
-            out=Path(args.out) if args.out else None,
-            merge=args.merge,
-            reporter=reporter,
-        )
+        dest = _export(export_format, args, reporter, cancel)
+        commands = _run_commands(export_format, Path(args.run_dir), dest)
         if args.events == "text":
             print(dest)
-        else:  # where it went, for the GUI
+            if commands:
+                print("\nRun it with llama.cpp, or import it into Ollama:")
+                print("\n".join(f"  {command}" for command in commands))
+        else:  # where it went and how to run it, for the GUI
+            from qlora_studio.core.events import make_event
+
             reporter.emit(
                 make_event(
-                    "done", step=0, run_dir=args.run_dir, adapter_dir="", export_dir=str(dest)
+                    "done",
+                    step=0,
+                    run_dir=args.run_dir,
+                    adapter_dir="",
+                    export_dir=str(dest),
+                    commands=commands,
                 )
             )
         return None
 
     return run_until_stopped(work, reporter)
+
+
+def _export(export_format: str, args, reporter, cancel) -> Path:
+    """Write the export ``export_format`` names; return its folder."""
+    run_dir = Path(args.run_dir)
+    out = Path(args.out) if args.out else None
+    if export_format == "gguf-lora":
+        from qlora_studio.core.gguf.export import export_gguf_adapter
+
+        return export_gguf_adapter(run_dir, out=out, reporter=reporter, cancel=cancel)
+    if export_format == "gguf":
+        from qlora_studio.core.gguf.export import export_gguf_merged
+
+        quant = args.quant or "f16"
+        return export_gguf_merged(run_dir, quant=quant, out=out, reporter=reporter, cancel=cancel)
+    from qlora_studio.core.export import export_run
+
+    merge = export_format == "merged"
+    return export_run(run_dir, out=out, merge=merge, reporter=reporter, cancel=cancel)
+
+
+def _run_commands(export_format: str, run_dir: Path, dest: Path) -> list[str]:
+    """The llama.cpp and Ollama commands that run a GGUF export; none for the others."""
+    if not export_format.startswith("gguf"):
+        return []
+    from qlora_studio.core.gguf.card import run_commands
+
+    return run_commands(dest, run_dir.resolve().name)

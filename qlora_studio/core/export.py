@@ -12,12 +12,13 @@ import errno
 import json
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from qlora_studio.config import RunConfig
-from qlora_studio.core.errors import ExportError
+from qlora_studio.core.errors import Cancelled, ExportError
 from qlora_studio.core.events import NullReporter, Reporter, make_event
 from qlora_studio.core.run_folder import follow_umask, sweep_stale_temp_folders, temp_folder_suffix
 
@@ -198,9 +199,11 @@ def export_run(
     out: Path | None = None,
     merge: bool = False,
     reporter: Reporter | None = None,
+    cancel: threading.Event | None = None,
 ) -> Path:
     """Export a finished or stopped run: a copy of its adapter (or full model), or with
-    ``merge`` the base model with the adapter merged in, in 16-bit, on the CPU."""
+    ``merge`` the base model with the adapter merged in, in 16-bit, on the CPU. ``cancel`` is
+    checked between the merge's phases (load, merge, write): :class:`Cancelled`, nothing kept."""
     from qlora_studio.core.run_folder import trained_output
 
     reporter = reporter or NullReporter()
@@ -211,7 +214,7 @@ def export_run(
     default_name = "merged" if merge else source.name
     dest = Path(out) if out else run_dir / "exports" / default_name
     if merge:
-        return _export_merged(cfg, source, dest, reporter)
+        return _export_merged(cfg, source, dest, reporter, cancel)
     reporter.emit(make_event("status", message=f"Copying {source.name} to {dest}"))
     with atomic_folder(dest) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
@@ -219,7 +222,13 @@ def export_run(
     return dest
 
 
-def _export_merged(cfg: RunConfig, adapter_dir: Path, dest: Path, reporter: Reporter) -> Path:
+def _export_merged(
+    cfg: RunConfig,
+    adapter_dir: Path,
+    dest: Path,
+    reporter: Reporter,
+    cancel: threading.Event | None,
+) -> Path:
     from peft import PeftModel
     from transformers import AutoTokenizer
 
@@ -240,9 +249,11 @@ def _export_merged(cfg: RunConfig, adapter_dir: Path, dest: Path, reporter: Repo
     )
     # a QLoRA adapter was trained against the 4-bit base; it merges into the 16-bit weights
     base = load_causal_lm(base_dir, cfg, "cpu", purpose="merge", error=ExportError)
+    _check(cancel)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     reporter.emit(make_event("status", message="Merging the adapter into the base weights"))
     merged = model.merge_and_unload()
+    _check(cancel)
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
     stop_ids = stop_token_ids(tokenizer)
     if stop_ids:  # plain `generate` on the merged model stops where training taught it to
@@ -262,6 +273,11 @@ def _export_merged(cfg: RunConfig, adapter_dir: Path, dest: Path, reporter: Repo
         (tmp / MODEL_CARD).write_text(card, encoding="utf-8")
     reporter.emit(make_event("status", message=f"Exported the merged model to {dest}"))
     return dest
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("export stopped", "nothing was kept; export again to finish")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -62,9 +62,9 @@ def test_merge_export_runs_in_a_child_and_builds_no_model_here(qtbot, tmp_path, 
     export = window.page("Export")
     assert window.stack.currentIndex() == window.pages.index(export)
     assert export.run_edit.text() == str(trained_run)
-    export.merge_box.setChecked(True)
+    export.choose_format("merged")
     export.export_button.click()
-    assert "--merge" in export.command.text() and export.is_running()
+    assert "--format merged" in export.command.text() and export.is_running()
     qtbot.waitUntil(lambda: not export.is_running(), timeout=TIMEOUT_MS)
 
     assert export.exported == trained_run / "exports" / "merged", export.message.text()

@@ -5,8 +5,9 @@ A base converted from a GGUF file (the demo model is one) keeps that file's meta
 tokenizer unchanged: the merged weights are written under the source file's own tensor names
 and shapes. A Hugging Face base gets its metadata and vocabulary written here, for the
 architectures and tokenizers :func:`check_hf_base` accepts; anything else is refused before a
-byte is written. Each export is a folder (the GGUF file and an Ollama ``Modelfile``) written to
-a temporary sibling and renamed into place, after a free-space check.
+byte is written. Each export is a folder (the GGUF file, an Ollama ``Modelfile`` and a README.md
+with the commands that run it) written to a temporary sibling and renamed into place, after a
+free-space check.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from qlora_studio.core.errors import Cancelled, ExportError
 from qlora_studio.core.events import Reporter, format_mb, make_event, say
 from qlora_studio.core.export import atomic_folder
+from qlora_studio.core.gguf.card import ADAPTER_FILE, write_card
 from qlora_studio.core.gguf.layout import (
     NameMap,
     check_free_space,
@@ -36,8 +38,6 @@ from qlora_studio.core.gguf.layout import (
     text_config,
     to_llama_cpp,
 )
-
-ADAPTER_FILE = "adapter-lora.gguf"
 
 
 @dataclass
@@ -165,6 +165,7 @@ def export_gguf_adapter(
         write_gguf(writer, tmp / ADAPTER_FILE, tensors, reporter, cancel)
         base = _ollama_base(run, tmp, reporter)
         write_modelfile(tmp, base=base, adapter=f"./{ADAPTER_FILE}", summary=run.summary)
+        write_card(tmp, _run_name(run_dir), run.summary, base=str(run.cfg.model.source))
     say(reporter, f"Exported the GGUF adapter to {dest}")
     return dest
 
@@ -303,7 +304,9 @@ def export_gguf_merged(
     with atomic_folder(dest) as tmp:
         work = tmp / ".work"
         work.mkdir()
-        merged_dir = export_run(run_dir, out=work / "merged", merge=True, reporter=reporter)
+        merged_dir = export_run(
+            run_dir, out=work / "merged", merge=True, reporter=reporter, cancel=cancel
+        )
         merged_config = read_config(merged_dir)
         if run.gguf_source is not None:
             source = _source_gguf_file(run.gguf_source, work, reporter)
@@ -317,6 +320,7 @@ def export_gguf_merged(
         write_gguf(writer, tmp / name, tensors, reporter, cancel)
         shutil.rmtree(work)
         write_modelfile(tmp, base=f"./{name}", summary=run.summary)
+        write_card(tmp, _run_name(run_dir), run.summary, base=str(run.cfg.model.source))
     size = (dest / name).stat().st_size
     say(reporter, f"Exported {dest / name} ({format_mb(size)})")
     return dest
@@ -531,6 +535,10 @@ def _progress(reporter: Reporter | None, done: int, total: int, started: float) 
             tokens_per_s=0.0,
         )
     )
+
+
+def _run_name(run_dir: Path) -> str:
+    return Path(run_dir).resolve().name
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
+from qlora_studio.config import GGUF_TYPES, GgufType
 from qlora_studio.core.errors import ExportError
 from qlora_studio.core.events import format_mb
-
-GgufType = Literal["f16", "bf16", "q8_0", "q4_0"]
-GGUF_TYPES: tuple[str, ...] = get_args(GgufType)
 
 # Hugging Face model_type -> gguf architecture name, where the two differ
 _ARCH_ALIASES = {"gemma3_text": "gemma3", "qwen2_moe": "qwen2moe", "cohere": "command-r"}
@@ -167,7 +165,7 @@ def nbytes(shape: tuple[int, ...], ggml_type) -> int:
     return count // block * size
 
 
-def check_quant(quant: str) -> str:
+def check_quant(quant: str) -> GgufType:
     """``quant`` in lower case when it is one of :data:`GGUF_TYPES`; otherwise an
     :class:`ExportError` naming the types that are available (K-quants need llama.cpp)."""
     name = str(quant).strip().lower()

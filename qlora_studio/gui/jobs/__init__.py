@@ -1,7 +1,7 @@
 """Page jobs: long work off the GUI thread, one type for every page, one registry for the window.
 
 - ``ChildJob`` (``child.py``): the CLI as a child process, its JSON events as signals — for
-  everything that allocates model weights (train, resume, export --merge, probe, eval).
+  everything that allocates model weights (train, resume, export, probe, eval).
 - ``ThreadJob`` (``thread.py``): a function in a thread (superqt's worker) — for work that only
   reads configs and tokenizers.
 - ``JobRegistry`` (here): the jobs each page runs, by slot. Starting a job in a slot drops the
