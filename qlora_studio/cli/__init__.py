@@ -34,28 +34,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train from a config file (YAML or JSON)")
     train.add_argument("config", help="run config, e.g. resources/configs/demo-qlora.yaml")
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="override a field, e.g. --set train.lr=1e-4 (repeatable)",
-    )
+    _set_arg(train, "override a field, e.g. --set train.lr=1e-4 (repeatable)")
     events_arg(train)
 
     resume = sub.add_parser(
         "resume", help="continue a stopped or crashed run from its last checkpoint"
     )
     resume.add_argument("run_dir", help="the run folder")
-    resume.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="override a field, e.g. --set train.max_steps=200",
-    )
+    _set_arg(resume, "override a field, e.g. --set train.max_steps=200")
     events_arg(resume)
 
     im = sub.add_parser("inspect-model", help="architecture, parameter counts and LoRA targets")
@@ -138,7 +124,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     probe = sub.add_parser("probe", help="measure the peak memory of two training steps")
     probe.add_argument("config", help="run config")
-    probe.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    _set_arg(probe)
     probe.add_argument("--json", action="store_true", help="print one JSON object")
 
     from qlora_studio.cli.runs import add_runs_parser
@@ -191,6 +177,13 @@ def _open_gui(config: str | None) -> int:
         )
         return EXIT_OK
     return run_app(config=config)
+
+
+def _set_arg(parser: argparse.ArgumentParser, help: str = "override a field (repeatable)") -> None:
+    """``--set section.field=value``, repeatable, as train, resume and probe take it."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="K=V", help=help
+    )
 
 
 if __name__ == "__main__":

@@ -114,6 +114,25 @@ def say(reporter: Reporter | None, message: str, **fields: Any) -> None:
         reporter.emit(make_event("status", message=message, **fields))
 
 
+def report_progress(reporter: Reporter | None, done: int, total: int, started: float) -> None:
+    """A ``progress`` event for work counted in items (rows scored, tensors written), with an
+    ETA from the pace so far; ``started`` is a ``time.monotonic()`` reading."""
+    if reporter is None:
+        return
+    elapsed = time.monotonic() - started
+    eta = elapsed / done * (total - done) if done else None
+    reporter.emit(
+        make_event(
+            "progress",
+            step=done,
+            total=total,
+            epoch=0.0,
+            eta_s=round(eta, 1) if eta is not None else None,
+            tokens_per_s=0.0,
+        )
+    )
+
+
 GB = 1024**3  # GPU memory is sold in binary gigabytes: a "24 GB" card holds 24 GiB
 
 

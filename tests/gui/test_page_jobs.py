@@ -11,23 +11,12 @@ import warnings
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings
+from test_main_window import make_window
 from test_training import make_config
 
-from qlora_studio.gui.main_window import MainWindow
-from qlora_studio.gui.state import StudioState
 from qlora_studio.resources import user_data_dir
 
 TIMEOUT_MS = 180_000
-
-
-def make_window(qtbot, tmp_path, cfg) -> MainWindow:
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    window = MainWindow(StudioState(cfg, settings=settings))
-    window.confirm_quit_while_training = lambda: True
-    qtbot.addWidget(window)
-    window.show()
-    return window
 
 
 def live_modules() -> int:

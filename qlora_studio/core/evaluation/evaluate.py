@@ -32,7 +32,7 @@ from qlora_studio.core.evaluation.report import (  # noqa: F401 (this module's p
     similarity,
 )
 from qlora_studio.core.evaluation.settings import SIDES, EvaluationError, GenerationSettings
-from qlora_studio.core.events import NullReporter, Reporter, make_event, say
+from qlora_studio.core.events import NullReporter, Reporter, report_progress, say
 from qlora_studio.core.run_folder import trained_output
 
 # ---------------------------------------------------------------- evaluation
@@ -109,7 +109,7 @@ def evaluate_run(
     cfg, _ = trained_output(run_dir, EvaluationError)
     data = data or default_eval_data(run_dir)
     rows = held_out_rows(data, cfg, limit)
-    started = time.time()
+    started = time.monotonic()
     owned = model is None
     model = model or ComparisonModel.load(run_dir, device=device, reporter=reporter)
     try:
@@ -129,14 +129,14 @@ def evaluate_run(
                 chunk = rows[i : i + batch_size]
                 losses[side] += model.completion_losses([r.example for r in chunk], side)
                 done += 1
-                _progress(reporter, done, total, started)
+                report_progress(reporter, done, total, started)
             outputs[side] = []
             for i in range(0, len(rows), batch_size):
                 _check(cancel)
                 chunk = rows[i : i + batch_size]
                 outputs[side] += model.generate([r.conversation for r in chunk], side, settings)
                 done += len(chunk)
-                _progress(reporter, done, total, started)
+                report_progress(reporter, done, total, started)
         report = EvalReport(
             run_dir=str(run_dir),
             data=str(data),
@@ -157,7 +157,7 @@ def evaluate_run(
                 for k, r in enumerate(rows)
             ],
             settings=settings,
-            runtime_s=round(time.time() - started, 1),
+            runtime_s=round(time.monotonic() - started, 1),
             device=model.device,
         )
     finally:
@@ -191,21 +191,6 @@ def _scores(rows: list[HeldOutRow], outputs: list[tuple[str, bool]], losses: lis
 def _last_user_text(conversation: list[dict]) -> str:
     users = [m["content"] for m in conversation if m["role"] == "user"]
     return users[-1] if users else ""
-
-
-def _progress(reporter: Reporter, done: int, total: int, started: float) -> None:
-    elapsed = time.time() - started
-    eta = elapsed / done * (total - done) if done else None
-    reporter.emit(
-        make_event(
-            "progress",
-            step=done,
-            total=total,
-            epoch=0.0,
-            eta_s=round(eta, 1) if eta is not None else None,
-            tokens_per_s=0.0,
-        )
-    )
 
 
 def _check(cancel: threading.Event) -> None:

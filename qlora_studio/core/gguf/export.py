@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from qlora_studio.core.errors import Cancelled, ExportError
-from qlora_studio.core.events import Reporter, format_mb, make_event, say
+from qlora_studio.core.events import Reporter, format_mb, report_progress, say
 from qlora_studio.core.export import atomic_folder
 from qlora_studio.core.gguf.card import ADAPTER_FILE, write_card
 from qlora_studio.core.gguf.layout import (
@@ -502,7 +502,7 @@ def write_gguf(
             if values.nbytes != tensor.nbytes:
                 raise ExportError(f"{tensor.name}: {values.nbytes} bytes, {tensor.nbytes} planned")
             writer.write_tensor_data(values)
-            _progress(reporter, done, len(tensors), started)
+            report_progress(reporter, done, len(tensors), started)
     finally:
         writer.close()
 
@@ -518,23 +518,6 @@ def _dummy():
     import numpy as np
 
     return np.dtype(np.float32)  # not uint8: the shape given is the tensor's, not its bytes'
-
-
-def _progress(reporter: Reporter | None, done: int, total: int, started: float) -> None:
-    if reporter is None:
-        return
-    elapsed = time.monotonic() - started
-    eta = elapsed / done * (total - done) if done else None
-    reporter.emit(
-        make_event(
-            "progress",
-            step=done,
-            total=total,
-            epoch=0.0,
-            eta_s=round(eta, 1) if eta is not None else None,
-            tokens_per_s=0.0,
-        )
-    )
 
 
 def _run_name(run_dir: Path) -> str:
