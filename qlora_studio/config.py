@@ -21,6 +21,9 @@ Method = Literal["full", "lora", "qlora"]
 DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"]
 ChatTemplate = Literal["auto", "tokenizer", "gemma", "chatml", "llama3", "alpaca", "plain"]
 TrainOn = Literal["completions", "all"]
+# how rows become batches: auto = padding_free when the model's attention keeps packed rows
+# apart (checked on the loaded model), else by_length
+Packing = Literal["auto", "off", "by_length", "padding_free"]
 QuantType = Literal["nf4", "fp4"]
 ComputeDtype = Literal["auto", "bf16", "fp16", "fp32"]
 Dtype = Literal["bf16", "fp16", "fp32"]  # a compute dtype once "auto" is resolved
@@ -37,6 +40,13 @@ METHODS: tuple[Method, ...] = get_args(Method)
 DATA_FORMATS: tuple[DataFormat, ...] = get_args(DataFormat)
 CHAT_TEMPLATES: tuple[ChatTemplate, ...] = get_args(ChatTemplate)
 TRAIN_ON: tuple[TrainOn, ...] = get_args(TrainOn)
+PACKINGS: tuple[Packing, ...] = get_args(Packing)
+PACKING_LABELS: dict[Packing, str] = {
+    "auto": "auto (padding-free when exact for the model)",
+    "off": "off: random batches, padded",
+    "by_length": "by length: batches of similar lengths, padded",
+    "padding_free": "padding-free: rows concatenated, no padding",
+}
 QUANT_TYPES: tuple[QuantType, ...] = get_args(QuantType)
 COMPUTE_DTYPES: tuple[ComputeDtype, ...] = get_args(ComputeDtype)
 OPTIMIZERS: tuple[Optimizer, ...] = get_args(Optimizer)
@@ -175,12 +185,24 @@ class DataConfig:
         "completions", "'completions' = loss on answers only; 'all' = every token"
     )
     system_prompt: str = _help("", "system message added to conversations that have none")
+    packing: Packing = _help(
+        "auto",
+        "how rows become batches: off (random, padded), by_length (similar lengths, padded), "
+        "padding_free (rows concatenated with position ids restarting and no attention "
+        "between rows); auto = padding_free when the model's attention keeps rows apart",
+    )
+    max_tokens_per_batch: int = _help(
+        0,
+        "cap on the tokens one batch computes, padding included (0 = batch_size x max_length);"
+        " bounds the worst-case memory of packed batches",
+    )
 
     def validate(self) -> None:
         if not isinstance(self.path, str) or not self.path.strip():
             raise ConfigError("data.path", "is empty", "point it at a dataset file or folder")
         _choice("data", "format", self.format, DATA_FORMATS)
         _choice("data", "train_on", self.train_on, TRAIN_ON)
+        _choice("data", "packing", self.packing, PACKINGS)
         if not isinstance(self.chat_template, str) or not self.chat_template:
             raise ConfigError(
                 "data.chat_template", "is empty", "allowed: " + ", ".join(CHAT_TEMPLATES)
@@ -198,6 +220,20 @@ class DataConfig:
         vs = self.validation_split
         if not isinstance(vs, (int, float)) or not 0 <= vs < 1:
             raise ConfigError("data.validation_split", f"{vs!r} must be in [0, 1)")
+        budget = self.max_tokens_per_batch
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
+            raise ConfigError(
+                "data.max_tokens_per_batch",
+                f"{budget!r} must be an integer >= 0",
+                "0 means batch_size x max_length",
+            )
+        if 0 < budget < self.max_length:
+            raise ConfigError(
+                "data.max_tokens_per_batch",
+                f"{budget} is below data.max_length ({self.max_length}): the longest row "
+                "would not fit in a batch",
+                f"set it to at least {self.max_length}, or 0",
+            )
 
 
 @dataclass

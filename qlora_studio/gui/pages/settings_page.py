@@ -38,6 +38,7 @@ CHOICES = {
     ("train", "full_recipe"): C.FULL_RECIPES,
     ("train", "loss_impl"): C.LOSS_IMPLS,
     ("train", "fit"): C.FIT_MODES,
+    ("data", "packing"): C.PACKINGS,
 }
 MEMORY_NOTES = {
     "r": "LoRA memory grows linearly with r: r x (d_in + d_out) fp32 parameters per layer, "
@@ -57,6 +58,11 @@ MEMORY_NOTES = {
     "vocabulary); chunked keeps one chunk of trained tokens x vocabulary at a time.",
     "loss_chunk_tokens": "The loss keeps about 8 B x chunk x vocabulary at once (1,024 tokens x "
     "128k vocabulary = 1 GB): halve it to halve that term.",
+    "packing": "padding_free computes only real tokens: a batch is the rows concatenated, so its "
+    "activations follow the tokens it holds instead of batch x its longest row. by_length "
+    "groups similar lengths to cut padding where packing is not exact for the model.",
+    "max_tokens_per_batch": "Caps the tokens one batch computes: activations and the loss "
+    "follow it, so it bounds the worst case of packed batches (0 = batch x max_length).",
     "fit": "auto shrinks the micro-batch (raising grad_accum to keep the effective batch) and "
     "turns checkpointing on until the estimate fits the GPU.",
 }
@@ -99,6 +105,7 @@ SECTIONS = (
             "device",
         ),
     ),
+    ("data", "Batching", ("packing", "max_tokens_per_batch")),
     ("output", "Output", None),
     (
         "train",
