@@ -102,7 +102,8 @@ def run_plain(cfg: RunConfig, warmup: int) -> dict:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, get_scheduler
 
-    from qlora_studio.core.data.prepare import PaddingCollator, prepare_dataset
+    from qlora_studio.core.data.batching import PaddingCollator
+    from qlora_studio.core.data.prepare import prepare_dataset
     from qlora_studio.core.models.loading import compute_dtype_name, pick_device, torch_dtype
     from qlora_studio.core.models.sources import load_tokenizer, resolve_model
 

@@ -71,6 +71,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     idata.add_argument("--max-length", type=int, default=512, help="tokens per example")
     idata.add_argument("--train-on", default="completions", choices=TRAIN_ON)
+    idata.add_argument(
+        "--batch-size", type=int, default=4, help="rows per batch, for the padding figures"
+    )
+    idata.add_argument(
+        "--max-tokens-per-batch", type=int, default=0, help="token budget of packed batches"
+    )
     idata.add_argument("--json", action="store_true", help="print JSON")
 
     export = sub.add_parser(

@@ -87,6 +87,8 @@ def cmd_inspect_data(args) -> int:
             chat_template=args.chat_template,
             max_length=args.max_length,
             train_on=args.train_on,
+            batch_size=args.batch_size,
+            max_tokens_per_batch=args.max_tokens_per_batch,
         )
     except StudioError as exc:
         return fail(reporter, exc.message, exc.hint)
@@ -107,6 +109,9 @@ def cmd_inspect_data(args) -> int:
             f"trained tokens {stats['trained_tokens']:,} of {stats['total_tokens']:,} "
             f"({100 * stats['trained_share']:.1f}%)"
         )
+        batching = report.get("batching")
+        if batching:
+            print("  " + padding_line(batching))
         _print_histogram(stats["histogram"], stats["max_length"])
         for warning in report.get("warnings", []):
             print(f"  ! warning: {warning}")
@@ -124,6 +129,13 @@ def cmd_inspect_data(args) -> int:
         for row in report.get("sample_rows", [])[:3]:
             print("    " + json.dumps(row, ensure_ascii=False)[:160])
     return EXIT_OK
+
+
+def padding_line(batching: dict) -> str:
+    """e.g. "padding at batch 8: off 46% -> by_length 3% -> padding_free 0%"."""
+    shares = batching["padding_share"]
+    modes = " -> ".join(f"{mode} {100 * share:.0f}%" for mode, share in shares.items())
+    return f"padding of the computed tokens at batch {batching['batch_size']}: {modes}"
 
 
 def _print_histogram(histogram: dict, max_length: int) -> None:

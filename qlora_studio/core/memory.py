@@ -295,7 +295,7 @@ def _loss_term(info: ModelInfo, settings: Settings, method: Method, p: Precision
       gradient in place, plus the gathered hidden states and the input gradient liger computes
       in forward (and, with the lean full recipe, the lm_head's weight gradient).
     """
-    tokens, vocab, h = settings.batch_size * settings.seq_len, info.vocab_size, info.hidden_size
+    tokens, vocab, h = settings.tokens, info.vocab_size, info.hidden_size
     per_value = f"{p.logits} B logits + 4 B fp32 log-softmax + 4 B its gradient"
     impl = settings.loss_impl
     if impl == "full_logits":
@@ -350,8 +350,7 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: Method) -> Meth
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
     p = precision(settings, method)
-    b, s = settings.batch_size, settings.seq_len
-    tokens = b * s
+    tokens = settings.tokens
     total = info.params_total
     quantized = sum(g.params for g in info.linear_layers)
     lora = lora_trainable_params(info, settings.lora_r, settings.lora_targets)
@@ -462,9 +461,9 @@ def _activations_term(
     backward. Plus the final norm's fp32 input and the attention mask: a bool (b, 1, s, s) mask
     and SDPA's additive copy in the compute dtype per layer call."""
     b, s = settings.batch_size, settings.seq_len
-    tokens, layers, h = b * s, info.num_layers, info.hidden_size
+    tokens, layers, h = settings.tokens, info.num_layers, info.hidden_size
     per_layer = _layer_bytes_per_token(info, settings, method)
-    mask = b * s * s
+    mask = settings.mask_elements
     if settings.gradient_checkpointing:
         per_token = layers * p.residual * h + per_layer + 4 * h
         masks = mask * (1 + p.act)
@@ -476,9 +475,12 @@ def _activations_term(
         per_token = layers * per_layer + 4 * h
         masks = mask * (1 + layers * p.act)
         how = f"{per_layer / 1024:.1f} KiB per token per layer x {layers} layers"
+    if settings.packed:
+        shape = f"packed: up to {b} rows of up to {s} in one sequence, mask T x T"
+    else:
+        shape = f"b={b}, s={s}"
     detail = (
-        f"{how} x {format_count(tokens)} tokens "
-        f"(b={b}, s={s}) + attention masks {format_gb(masks, 1)}"
+        f"{how} x {format_count(tokens)} tokens ({shape}) + attention masks {format_gb(masks, 1)}"
     )
     return MemoryTerm("activations", int(tokens * per_token + masks), detail)
 

@@ -17,6 +17,7 @@ from qlora_studio.config import (
     LossImpl,
     Method,
     Optimizer,
+    Packing,
     QuantType,
     resolve_compute_dtype,
 )
@@ -51,6 +52,10 @@ class Settings:
     loss_impl: LossImpl = "auto"  # train.loss_impl
     loss_chunk_tokens: int = 1024  # trained tokens per lm_head chunk (chunked loss)
     full_recipe: FullRecipe = "lean"  # lean (step in backward) | mixed (train.full_recipe)
+    # data.packing: a padding-free batch is one sequence of its rows' tokens (auto is priced as
+    # padding_free, the larger attention mask); data.max_tokens_per_batch caps packed batches
+    packing: Packing = "off"
+    max_tokens_per_batch: int = 0
 
     @classmethod
     def from_config(
@@ -85,7 +90,31 @@ class Settings:
             loss_impl=cfg.train.loss_impl,
             loss_chunk_tokens=cfg.train.loss_chunk_tokens,
             full_recipe=cfg.train.full_recipe,
+            packing=cfg.data.packing,
+            max_tokens_per_batch=cfg.data.max_tokens_per_batch,
         )
+
+    @property
+    def packed(self) -> bool:
+        """Whether a batch is one padding-free sequence (auto assumed to pack)."""
+        return self.packing in ("auto", "padding_free")
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the heaviest batch computes: batch x seq_len, capped by the token budget in
+        the packed modes (by_length and padding_free plan their batches under it)."""
+        tokens = self.batch_size * self.seq_len
+        if self.packing != "off" and self.max_tokens_per_batch > 0:
+            tokens = min(tokens, self.max_tokens_per_batch)
+        return tokens
+
+    @property
+    def mask_elements(self) -> int:
+        """Entries of one attention mask: (1, T, T) for one packed sequence of T tokens, else
+        (b, s, s) with the padded rows' width."""
+        if self.packed:
+            return self.tokens * self.tokens
+        return self.tokens * self.seq_len
 
     @property
     def dtype(self) -> Dtype:

@@ -135,8 +135,12 @@ def test_inspect_model_and_data(tiny_models, tmp_path):
     assert full.returncode == 0, full.stderr
     report = json.loads(full.stdout)
     assert report["stats"]["rows"] == 10 and report["preview"]["spans"]
+    shares = report["batching"]["padding_share"]  # over the 9 train rows, batch 4 by default
+    assert shares["padding_free"] == 0 and shares["by_length"] <= shares["off"]
+    assert report["batching"]["batch_size"] == 4
     shown = run_cli("inspect-data", data, "--model", tiny_models["llama"], "--max-length", "16")
     assert "[[" in shown.stdout and "truncated" in shown.stdout
+    assert "padding of the computed tokens at batch 4: off " in shown.stdout
 
 
 def test_no_command_opens_the_window(tmp_path):

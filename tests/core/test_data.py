@@ -14,7 +14,8 @@ import pytest
 
 from qlora_studio.config import DataConfig
 from qlora_studio.core.data.analyse import inspect_data
-from qlora_studio.core.data.prepare import DatasetStats, PaddingCollator, prepare_dataset
+from qlora_studio.core.data.batching import PaddingCollator
+from qlora_studio.core.data.prepare import DatasetStats, prepare_dataset
 from qlora_studio.core.data.rows import FORMATS, Example, load_examples
 from qlora_studio.core.data.templates import (
     TEMPLATE_NAMES,

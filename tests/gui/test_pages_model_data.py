@@ -175,6 +175,9 @@ def test_dataset_page_analyses_an_alpaca_file(qtbot, data_page, state, tmp_path)
     assert report["format"] == "alpaca" and report["rows"] == 12
     summary = page.summary_label.text()
     assert "alpaca" in summary and "<b>12</b> rows" in summary
+    # the padding each packing mode leaves, at the configured batch (4)
+    assert report["batching"]["batch_size"] == state.cfg.train.batch_size
+    assert "Padding in the computed tokens at batch" in summary and "packed <b>0%</b>" in summary
     assert page.is_complete() and state.data_report is report
     heights = list(page._bars.opts["height"])
     assert len(heights) > 1 and sum(heights) == 12

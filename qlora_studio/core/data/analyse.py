@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from qlora_studio.core.data.batching import padding_figures
 from qlora_studio.core.data.prepare import (
     dataset_stats,
     ensure_pad_token,
@@ -31,12 +32,15 @@ def inspect_data(
     train_on: str = "completions",
     validation_split: float = 0.1,
     system_prompt: str = "",
+    batch_size: int = 4,
+    max_tokens_per_batch: int = 0,
 ) -> dict:
     """Summarise a dataset for display as a JSON-serialisable dict.
 
     Always: source, format, rows, columns, sample_rows (first 5 raw rows). With a tokenizer
-    also: template, stats (:meth:`DatasetStats.to_dict` over every row) and preview (the
-    first row as a :class:`RenderedSample` dict); like :func:`prepare_dataset` it puts the chat
+    also: template, stats (:meth:`DatasetStats.to_dict` over every row), preview (the
+    first row as a :class:`RenderedSample` dict) and batching (the share of computed tokens
+    that is padding with each ``data.packing`` mode at ``batch_size``, over the train rows); like :func:`prepare_dataset` it puts the chat
     template in force on the tokenizer and sets a missing pad token. Raises
     :class:`DatasetError` for bad data.
     """
@@ -80,7 +84,16 @@ def inspect_data(
                 f"{unlearnable} of {len(rows)} rows lose their whole answer to truncation at "
                 f"max_length {max_length} and will be skipped in training"
             )
+    train_lengths = [len(rows[i]["input_ids"]) for i in train_idx if has_trained_token(rows[i])]
+    batching = padding_figures(
+        train_lengths, max(1, batch_size), max_tokens=max_tokens_per_batch, seed=42
+    ).to_dict()
+    batching["batch_size"] = batch_size
     info.update(
-        template=template, stats=stats.to_dict(), preview=preview.to_dict(), warnings=warnings
+        template=template,
+        stats=stats.to_dict(),
+        preview=preview.to_dict(),
+        warnings=warnings,
+        batching=batching,
     )
     return info

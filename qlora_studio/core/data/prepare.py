@@ -1,5 +1,5 @@
-"""A dataset ready to train: templated, tokenized with loss masks, split and measured; and the
-collator that pads its batches. torch is imported inside the functions that need it."""
+"""A dataset ready to train: templated, tokenized with loss masks, split and measured (the
+collators that batch it are in ``core/data/batching.py``)."""
 
 from __future__ import annotations
 
@@ -217,41 +217,3 @@ def prepare_dataset(
     )
     return PreparedDataset(train_rows, eval_rows, stats, template, chat_template, loaded.format)
 
-
-class PaddingCollator:
-    """Right-pads tokenized rows into a batch of torch LongTensors (labels padded with -100)."""
-
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
-        if pad_token_id is None:
-            raise ValueError("pad_token_id is None; set tokenizer.pad_token first")
-        self.pad_token_id = int(pad_token_id)
-        self.pad_to_multiple_of = pad_to_multiple_of
-        self.last_shape: tuple[int, int] | None = None  # rows x tokens of the latest batch
-        self.widest = 0  # the most tokens a batch before the latest one had
-
-    def __call__(self, features: list[dict]) -> dict:
-        import torch
-
-        if not features:
-            raise ValueError("cannot collate an empty batch")
-        width = max(len(f["input_ids"]) for f in features)
-        if self.pad_to_multiple_of:
-            width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        shape = (len(features), width)
-        if self.last_shape is not None:
-            self.widest = max(self.widest, self.last_shape[1])
-        self.last_shape = shape
-        batch = {
-            "input_ids": torch.full(shape, self.pad_token_id, dtype=torch.long),
-            "attention_mask": torch.zeros(shape, dtype=torch.long),
-            "labels": torch.full(shape, -100, dtype=torch.long),
-        }
-        for i, feature in enumerate(features):
-            ids = torch.as_tensor(feature["input_ids"], dtype=torch.long)
-            n = len(ids)
-            batch["input_ids"][i, :n] = ids
-            mask = feature.get("attention_mask")
-            batch["attention_mask"][i, :n] = 1 if mask is None else torch.as_tensor(mask)
-            labels = feature.get("labels")
-            batch["labels"][i, :n] = ids if labels is None else torch.as_tensor(labels)
-        return batch

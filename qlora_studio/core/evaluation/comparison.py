@@ -196,7 +196,7 @@ class ComparisonModel:
         """(summed loss, trained tokens) of each example's completion tokens, for ``side``."""
         import torch
 
-        from qlora_studio.core.data.prepare import PaddingCollator
+        from qlora_studio.core.data.batching import PaddingCollator
         from qlora_studio.core.data.templates import tokenize_example
 
         collate = PaddingCollator(self.tokenizer.pad_token_id)

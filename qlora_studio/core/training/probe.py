@@ -67,12 +67,6 @@ class _PeakRss:
         self.peak = max(self.peak, self._process.memory_info().rss)
 
 
-def longest_rows(rows: list[dict], batch_size: int) -> list[dict]:
-    """The ``batch_size`` longest tokenized rows (repeated if the data has fewer)."""
-    ordered = sorted(rows, key=lambda r: len(r["input_ids"]), reverse=True)
-    return [ordered[i % len(ordered)] for i in range(batch_size)]
-
-
 def run_probe(cfg: RunConfig, *, steps: int = 2, reporter: Reporter | None = None) -> ProbeResult:
     """Build the run's model exactly as training does and take ``steps`` optimizer steps on
     the longest batch; return the measured peak. Writes nothing but a temporary folder."""
@@ -92,13 +86,17 @@ def run_probe(cfg: RunConfig, *, steps: int = 2, reporter: Reporter | None = Non
             cfg, reporter=reporter, run_dir=Path(tmp) / "probe", record_history=False
         )
         recipe.setup()
-        batch = longest_rows(recipe.prepared.train, cfg.train.batch_size)
-        recipe.prepared.train = batch * steps  # exactly `steps` batches, each the longest
-        seq_len = max(len(r["input_ids"]) for r in batch)
+        cfg = recipe.cfg  # after auto-fit
+        recipe.worst_case_steps = steps  # exactly `steps` batches, each the heaviest
+        lengths = [len(r["input_ids"]) for r in recipe.prepared.train]
+        seq_len = max(lengths)
+        budget = cfg.data.max_tokens_per_batch
         reporter.emit(
             make_event(
                 "status",
-                message=f"Probe: {steps} steps at batch {cfg.train.batch_size} x {seq_len} tokens",
+                message=f"Probe: {steps} steps on the heaviest batch, up to "
+                f"{cfg.train.batch_size} rows of up to {seq_len} tokens"
+                + (f" and {budget:,} tokens in all" if budget else ""),
             )
         )
         cuda = _cuda_baseline() if recipe.device == "cuda" else None

@@ -102,6 +102,10 @@ class FineTuneRecipe:
         self._model_dir: Path | None = None
         self.device = "cpu"
         self._lock: RunFolderLock | None = None  # held from the run folder's start to cleanup
+        self.packing = "off"  # the data.packing mode in use, once train() has chosen it
+        self._planned = False  # batches planned up front: the Trainer takes one per item
+        # the probe: train this many steps, each on the heaviest batch the data can make
+        self.worst_case_steps = 0
 
     @property
     def run_dir(self) -> Path:
@@ -175,18 +179,17 @@ class FineTuneRecipe:
     def train(self) -> TrainResult:
         from transformers.trainer_callback import PrinterCallback
 
-        from qlora_studio.core.data.prepare import PaddingCollator
         from qlora_studio.core.training.callbacks import make_event_callback
 
         cfg = self.cfg
+        collator, train_set, eval_set = self._batching()
         trainer_cls, args = self._training_arguments()
         callback = make_event_callback(self.reporter, self.cancel, self.device, self.run_dir)
-        collator = PaddingCollator(self.tokenizer.pad_token_id)
         trainer = trainer_cls(
             model=self.model,
             args=args,
-            train_dataset=_ListDataset(self.prepared.train),
-            eval_dataset=_ListDataset(self.prepared.eval) if self.prepared.eval else None,
+            train_dataset=train_set,
+            eval_dataset=eval_set,
             data_collator=collator,
             callbacks=[callback],
         )
@@ -295,6 +298,47 @@ class FineTuneRecipe:
             self._lock = None
 
     # ---- builders -------------------------------------------------------------------------
+    def _batching(self):
+        """The collator and the train and eval datasets for ``data.packing`` (checked on the
+        loaded model, ``core/training/packing.py``): rows for the Trainer's own random batches
+        (off), or planned batches, one per Trainer item (by_length, padding_free)."""
+        from qlora_studio.core.data.batching import (
+            BatchCollator,
+            FlatteningCollator,
+            PaddingCollator,
+            PlannedBatches,
+            heaviest_batch,
+            plan_batches,
+        )
+        from qlora_studio.core.training.packing import choose_packing
+
+        cfg = self.cfg
+        choice = choose_packing(self.model, cfg.data.packing)
+        self.packing = choice.mode
+        self.reporter.emit(make_event("status", message=choice.message, packing=choice.mode))
+        pad = self.tokenizer.pad_token_id
+        if choice.mode == "off" and not self.worst_case_steps:
+            self._planned = False
+            eval_set = _ListDataset(self.prepared.eval) if self.prepared.eval else None
+            return PaddingCollator(pad), _ListDataset(self.prepared.train), eval_set
+        self._planned = True
+        inner = FlatteningCollator(pad) if choice.mode == "padding_free" else PaddingCollator(pad)
+        budget = cfg.data.max_tokens_per_batch
+
+        def planned(rows: list[dict]) -> PlannedBatches:
+            lengths = [len(r["input_ids"]) for r in rows]
+            if self.worst_case_steps:  # the probe: the heaviest batch, that many times
+                heaviest = heaviest_batch(lengths, cfg.train.batch_size, choice.mode, budget)
+                return PlannedBatches(rows, [heaviest] * self.worst_case_steps)
+            plan = plan_batches(
+                lengths, cfg.train.batch_size, choice.mode, max_tokens=budget, seed=cfg.train.seed
+            )
+            return PlannedBatches(rows, plan)
+
+        train_set = planned(self.prepared.train)
+        eval_set = planned(self.prepared.eval) if self.prepared.eval else None
+        return BatchCollator(inner), train_set, eval_set
+
     def _open_run_dir(self) -> None:
         if self._run_dir is None:
             self._run_dir = make_run_dir(self.cfg)
@@ -413,8 +457,9 @@ class FineTuneRecipe:
             output_dir=str(self.run_dir / CHECKPOINTS),
             num_train_epochs=float(t.epochs),
             max_steps=t.max_steps if t.max_steps > 0 else -1,
-            per_device_train_batch_size=t.batch_size,
-            per_device_eval_batch_size=t.batch_size,
+            # planned batches arrive whole, one per Trainer item
+            per_device_train_batch_size=1 if self._planned else t.batch_size,
+            per_device_eval_batch_size=1 if self._planned else t.batch_size,
             gradient_accumulation_steps=t.grad_accum,
             learning_rate=t.lr,
             lr_scheduler_type=t.scheduler,
@@ -437,7 +482,8 @@ class FineTuneRecipe:
             report_to="none",
             disable_tqdm=True,
             remove_unused_columns=False,
-            include_num_input_tokens_seen="non_padding",
+            # a packed batch has no attention mask and no padding: every token is a real one
+            include_num_input_tokens_seen="all" if self.packing == "padding_free" else "non_padding",
             dataloader_pin_memory=self.device == "cuda",
             **mixed,
         )
@@ -475,6 +521,7 @@ class FineTuneRecipe:
             "dataset": self.cfg.data.path,
             "format": stats.format,
             "train_rows": stats.train_rows,
+            "packing": self.packing,
             "eval_rows": stats.eval_rows,
             "device": self.device,
             "output_dir": str(result.output_dir),

@@ -285,6 +285,8 @@ class DatasetPage(Page):
             "validation_split": round(self.split_spin.value(), 4),
             "train_on": self.train_on_combo.currentData(),
             "system_prompt": self.system_edit.text(),
+            "batch_size": self.state.cfg.train.batch_size,
+            "max_tokens_per_batch": self.state.cfg.data.max_tokens_per_batch,
             "model": model.source,
             "model_folder": folder,
             "allow_pickle": model.allow_pickle,

@@ -39,6 +39,23 @@ def sample_html(preview: dict) -> str:
     return f"<div style='white-space: pre-wrap; font-family: monospace'>{body}</div>"
 
 
+PACKING_WORDS = {"off": "random batches", "by_length": "by length", "padding_free": "packed"}
+
+
+def padding_html(batching: dict | None) -> str:
+    """One line: the share of computed tokens that is padding with each data.packing mode."""
+    if not batching:
+        return ""
+    shares = batching["padding_share"]
+    modes = " → ".join(
+        f"{PACKING_WORDS.get(mode, mode)} <b>{share:.0%}</b>" for mode, share in shares.items()
+    )
+    return (
+        f"<br>Padding in the computed tokens at batch {batching['batch_size']}: {modes} "
+        "<span style='color:gray'>(Settings › Batching › packing)</span>"
+    )
+
+
 def summary_html(report: dict) -> str:
     """One paragraph: rows, format, template, split, truncation and the trained share."""
     stats = report["stats"]
@@ -49,6 +66,7 @@ def summary_html(report: dict) -> str:
         f"{stats['max_length']:,} tokens · {stats['trained_share']:.0%} of tokens trained"
         f"<br>Tokens per row: min {stats['min_length']:,}, mean {stats['mean_length']:,.0f}, "
         f"95% {stats['p95_length']:,}, max {stats['max_length_seen']:,}"
+        + padding_html(report.get("batching"))
         + "".join(
             f"<br><span style='color:#b3261e'>⚠ {html.escape(w)}</span>"
             for w in report.get("warnings", [])
@@ -100,4 +118,6 @@ def _analyse(reporter, cancel, settings: dict) -> dict:
         train_on=settings["train_on"],
         validation_split=settings["validation_split"],
         system_prompt=settings["system_prompt"],
+        batch_size=settings.get("batch_size", 4),
+        max_tokens_per_batch=settings.get("max_tokens_per_batch", 0),
     )
