@@ -236,6 +236,8 @@ def train_child(config_path: Path) -> dict:
         "tokens_per_s": (last["tokens_seen"] - warm["tokens_seen"]) / (last["time"] - warm["time"]),
         "timed_steps": last["step"] - warm["step"],
         "loss_path": loss[-1] if loss else "",
+        # data.packing auto: padding-free when the model keeps packed rows apart (checked)
+        "packing": next((e["packing"] for e in reporter.events if e.get("packing")), None),
         "final_loss": next((e["loss"] for e in reversed(reporter.events) if "loss" in e), None),
         "memory_events": len(memory),
         "memory_events_with_nvml": sum("nvml_used_bytes" in e for e in memory),
@@ -244,6 +246,55 @@ def train_child(config_path: Path) -> dict:
         ),
         **layers,
     }
+
+
+def check_ddp(outcome: Outcome, model: ModelUnderTest, work: Path, args) -> None:
+    """QLoRA with distributed.strategy ddp on two GPUs (skipped with one): the launch, both
+    ranks' steps, rank 0's single 'done' event and its tokens/s."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if count < 2:
+        print(f"\nmulti-GPU (DDP): skipped, this machine has {count} GPU")
+        outcome.data["ddp"] = {"skipped": f"{count} GPU"}
+        return
+    seq = model.seq_lens[0]
+    data = seq_rows(work / f"ddp-{seq}.txt", 8 * model.batch, seq)
+    cfg = make_config(
+        model,
+        "QLoRA",
+        seq,
+        data,
+        work / "runs-ddp",
+        device="cuda",
+        optimizer="paged_adamw_8bit",
+        steps=6,
+    )
+    cfg.distributed.strategy, cfg.distributed.processes = "ddp", 2
+    path = work / "ddp.yaml"
+    cfg.save(path)
+    began = time.time()
+    done = subprocess.run(
+        [sys.executable, "-m", "qlora_studio", "train", str(path), "--events", "jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    events = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    finished = [e for e in events if e["type"] == "done"]
+    speed = [e["tokens_per_s"] for e in events if e["type"] == "progress"]
+    row = {
+        "returncode": done.returncode,
+        "done_events": len(finished),
+        "tokens_per_s": speed[-1] if speed else None,
+        "seconds": round(time.time() - began, 1),
+    }
+    outcome.data["ddp"] = row
+    print(f"\nmulti-GPU (DDP, QLoRA, 2 GPUs, {model.label}, {seq} tokens): {row}")
+    if done.returncode != 0 or len(finished) != 1:
+        tail = " | ".join(done.stderr.splitlines()[-3:])
+        outcome.problems.append(f"DDP on 2 GPUs failed: {tail}")
 
 
 def _count_linear_layers(model) -> dict:
@@ -523,6 +574,8 @@ def main(argv=None) -> int:
                     "benchmarks/gpu_wheels.txt, group demo)"
                 )
         check_peaks(outcome, models, work, args, env)
+        if models:
+            check_ddp(outcome, models[0], work, args)
 
     outcome.data["elapsed_s"] = round(outcome.elapsed(), 1)
     outcome.data["problems"] = outcome.problems

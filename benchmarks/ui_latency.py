@@ -5,8 +5,14 @@ streams events into the window, and how long the window takes to appear.
     python benchmarks/ui_latency.py --demo          # the demo model (slower steps)
 
 Launch time: from starting `python -m qlora_studio` to the window's first shown event (the
-child prints it). Latency: the real window drives a real run (TrainWorker + CLI child); a
-10 ms repeating timer records how late each tick is. Goal here: p99 < 50 ms, window < 3 s.
+child prints it). Latency: the real window drives a real run (a ChildJob running the CLI child);
+a 10 ms repeating timer records how late each tick is. Goal here: p99 < 50 ms, window < 3 s.
+
+Start is pressed as soon as the window shows, while the window's first model inspection still
+imports torch, transformers and peft in a thread of its own (loading torch's C library holds
+the GIL for hundreds of ms): the figures are given over the whole run and over the ticks after
+that inspection finished. Figures from a shared machine with other work running are noisy: run
+it several times.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ def timer_lateness(tmp: Path, demo: bool, steps: int) -> dict:
     train = window.page("Train")
 
     late: list[float] = []
+    settled: list[float] = []  # the ticks after the window's own model inspection finished
     clock = QElapsedTimer()
     ticker = QTimer()
     ticker.setInterval(10)
@@ -82,15 +89,17 @@ def timer_lateness(tmp: Path, demo: bool, steps: int) -> dict:
         now = clock.nsecsElapsed() / 1e6
         if state["last"] is not None and train.is_running():
             late.append(max(0.0, now - state["last"] - 10.0))
+            if window.state.model_info is not None:
+                settled.append(late[-1])
         state["last"] = now
 
     ticker.timeout.connect(tick)
     clock.start()
     ticker.start()
     train.start_button.click()
-    train.worker.progress.connect(lambda _: state.__setitem__("events", state["events"] + 1))
+    train.training.progress.connect(lambda _: state.__setitem__("events", state["events"] + 1))
     deadline = time.time() + 1800
-    while (train.worker is not None or not late) and time.time() < deadline:
+    while (train.training is not None or not late) and time.time() < deadline:
         app.processEvents()
         time.sleep(0.001)
     ticker.stop()
@@ -101,6 +110,9 @@ def timer_lateness(tmp: Path, demo: bool, steps: int) -> dict:
         "p50": percentile(late, 0.5),
         "p99": percentile(late, 0.99),
         "max": max(late),
+        "settled_ticks": len(settled),
+        "settled_p99": percentile(settled, 0.99) if settled else float("nan"),
+        "settled_max": max(settled, default=float("nan")),
     }
 
 
@@ -124,6 +136,10 @@ def main() -> int:
         f"({figures['progress_events']} progress events, {figures['ticks']} ticks): "
         f"p50 {figures['p50']:.1f} ms, p99 {figures['p99']:.1f} ms, max {figures['max']:.1f} ms"
         " (goal p99 < 50 ms)"
+    )
+    print(
+        f"  after the window's first model inspection ({figures['settled_ticks']} ticks): "
+        f"p99 {figures['settled_p99']:.1f} ms, max {figures['settled_max']:.1f} ms"
     )
     return 0
 

@@ -33,6 +33,9 @@ Device = Literal["auto", "cuda", "cpu"]
 LossImpl = Literal["auto", "chunked", "liger", "full_logits"]
 FullRecipe = Literal["lean", "mixed"]
 FitMode = Literal["off", "auto"]
+# none = one process; ddp = one process per device, each with the whole model, gradients
+# averaged (torch DistributedDataParallel through the Trainer, launched by torchrun)
+Strategy = Literal["none", "ddp"]
 ExportFormat = Literal["adapter", "merged", "gguf-lora", "gguf"]
 GgufType = Literal["f16", "bf16", "q8_0", "q4_0"]  # what this app writes; K-quants need llama.cpp
 
@@ -55,6 +58,7 @@ DEVICES: tuple[Device, ...] = get_args(Device)
 LOSS_IMPLS: tuple[LossImpl, ...] = get_args(LossImpl)
 FULL_RECIPES: tuple[FullRecipe, ...] = get_args(FullRecipe)
 FIT_MODES: tuple[FitMode, ...] = get_args(FitMode)
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 EXPORT_FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 GGUF_TYPES: tuple[GgufType, ...] = get_args(GgufType)
 
@@ -370,6 +374,58 @@ class OutputConfig:
             check_run_name(self.name)
 
 
+@dataclass
+class DistributedConfig:
+    strategy: Strategy = _help(
+        "none",
+        "none = one process; ddp = one process per GPU (or CPU process), each with the whole "
+        "model, gradients averaged; train.batch_size is per process",
+    )
+    processes: int = _help(1, "processes on this machine (one per GPU); 1 = no launch")
+    num_machines: int = _help(1, "machines taking part; each runs the same command")
+    machine_rank: int = _help(0, "this machine's number, 0 .. num_machines - 1 (0 = main)")
+    main_address: str = _help("127.0.0.1", "the main machine's address (several machines)")
+    main_port: int = _help(29500, "a free TCP port on the main machine")
+
+    @property
+    def world_size(self) -> int:
+        return self.processes * self.num_machines if self.strategy != "none" else 1
+
+    def validate(self) -> None:
+        _choice("distributed", "strategy", self.strategy, STRATEGIES)
+        for name in ("processes", "num_machines"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"distributed.{name}", f"{value!r} must be an integer >= 1")
+        rank = self.machine_rank
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < self.num_machines:
+            raise ConfigError(
+                "distributed.machine_rank",
+                f"{rank!r} must be an integer from 0 to num_machines - 1 ({self.num_machines - 1})",
+            )
+        if not isinstance(self.main_port, int) or not 1 <= self.main_port <= 65535:
+            raise ConfigError("distributed.main_port", f"{self.main_port!r} is not a TCP port")
+        if not isinstance(self.main_address, str) or not self.main_address.strip():
+            raise ConfigError("distributed.main_address", "is empty", "e.g. 10.0.0.1")
+        if (
+            self.strategy == "none"
+            and self.world_size == 1
+            and (self.processes > 1 or self.num_machines > 1)
+        ):
+            raise ConfigError(
+                "distributed.strategy",
+                f"is none, but {self.processes} processes on {self.num_machines} machine(s) "
+                "were asked for",
+                "set distributed.strategy: ddp, or processes: 1",
+            )
+        if self.strategy != "none" and self.world_size < 2:
+            raise ConfigError(
+                "distributed.processes",
+                f"{self.strategy} needs at least 2 processes in all, got {self.world_size}",
+                "set distributed.processes: 2 (or more), or strategy: none",
+            )
+
+
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {
     f"{p}{i}" for p in ("COM", "LPT") for i in "123456789"
 }
@@ -411,11 +467,20 @@ class RunConfig:
     )
     train: TrainConfig = _help(None, "optimisation", factory=TrainConfig)
     output: OutputConfig = _help(None, "where runs are written", factory=OutputConfig)
+    distributed: DistributedConfig = _help(
+        None, "several processes or GPUs (DDP)", factory=DistributedConfig
+    )
 
     def validate(self) -> RunConfig:
         _choice("run", "method", self.method, METHODS)
         for section in SECTIONS:
             getattr(self, section).validate()
+        if self.distributed.num_machines > 1 and not self.output.name:
+            raise ConfigError(
+                "output.name",
+                "is empty, but several machines train one run: each must find the same folder",
+                "set output.name, e.g. --set output.name=my-run (the Slurm script does this)",
+            )
         if self.method == "full" and self.train.full_recipe == "lean" and self.train.grad_accum > 1:
             raise ConfigError(
                 "train.grad_accum",
@@ -563,6 +628,7 @@ SECTIONS: dict[str, type] = {
     "quant": QuantConfig,
     "train": TrainConfig,
     "output": OutputConfig,
+    "distributed": DistributedConfig,
 }
 
 

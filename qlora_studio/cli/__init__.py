@@ -44,6 +44,20 @@ def _build_parser() -> argparse.ArgumentParser:
     _set_arg(resume, "override a field, e.g. --set train.max_steps=200")
     events_arg(resume)
 
+    script = sub.add_parser(
+        "launch-script",
+        help="write a cluster job script that trains a config on several machines (Slurm)",
+    )
+    script.add_argument("config", help="run config to train")
+    script.add_argument("--slurm", action="store_true", required=True, help="an sbatch script")
+    script.add_argument("--nodes", type=int, default=2, help="machines (default 2)")
+    script.add_argument("--gpus-per-node", type=int, default=1, help="GPUs on each machine")
+    script.add_argument("--job-name", default="qlora-studio", help="the Slurm job name")
+    script.add_argument("--partition", default="", help="the Slurm partition")
+    script.add_argument("--time", default="", help="time limit, e.g. 04:00:00")
+    script.add_argument("--port", type=int, default=29500, help="meeting port on node 0")
+    script.add_argument("-o", "--output", help="write the script here (default: print it)")
+
     im = sub.add_parser("inspect-model", help="architecture, parameter counts and LoRA targets")
     im.add_argument("source", help="'demo', a local folder, a .gguf file or a hub id")
     model_safety_args(im)
@@ -158,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 _COMMANDS = {  # command -> (module in qlora_studio.cli, function)
     "train": ("train", "cmd_train"),
     "resume": ("train", "cmd_resume"),
+    "launch-script": ("train", "cmd_launch_script"),
     "export": ("train", "cmd_export"),
     "inspect-model": ("inspect", "cmd_inspect_model"),
     "inspect-data": ("inspect", "cmd_inspect_data"),

@@ -7,6 +7,9 @@ and a crash or an out-of-memory kill cannot take the caller down. No Qt here.
 The stop ladder: a ``stop`` line on the child's stdin (the CLI then stops after the current step
 and saves a checkpoint); if the child has not exited ``grace_s`` seconds later, SIGKILL to its
 process group (so dataloader workers go too).
+
+A child in the background (a run the window drives) leaves the window its share of the machine:
+it runs at a lower priority and its math libraries use one thread fewer than there are cores.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ DRAIN_AFTER_EXIT_S = 5.0  # a grandchild may hold the pipes open after the child
 TERMINAL = ("done", "error", "cancelled")
 # how messages name a command's process: "The training process ended unexpectedly"
 _WHAT = {"train": "training", "resume": "training", "eval": "evaluation"}
+BACKGROUND_NICE = 10  # how much lower than the window a background child runs (Linux, macOS)
+# the variables torch (OpenMP) and the BLAS libraries size their thread pools from
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def launcher() -> list[str]:
@@ -70,6 +76,57 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
+def background_env(env: dict[str, str], cores: int | None = None) -> dict[str, str]:
+    """``env`` with torch's and the BLAS libraries' threads at cores − 1 (at least 1), so the
+    window keeps a core; unchanged when the user set any of these thread counts."""
+    if any(name in env for name in THREAD_VARIABLES):
+        return dict(env)
+    threads = str(max(1, (cores or usable_cores()) - 1))
+    return {**env, **dict.fromkeys(THREAD_VARIABLES, threads)}
+
+
+def lower_priority(pid: int, nice: int = BACKGROUND_NICE) -> bool:
+    """Run process ``pid`` (a child just started, before it made threads) ``nice`` steps
+    lower; True when the OS took it. Windows: below normal, when psutil is installed."""
+    if os.name == "posix":
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, pid) + nice)
+        except OSError:
+            return False
+        # Linux weighs sessions (autogroups) against each other: a child in a session of its
+        # own (Python 3.10) needs its group lowered too, or the nice value would not count
+        # against the window. Never ours: that would lower the window with it.
+        theirs, mine = Path(f"/proc/{pid}/autogroup"), Path("/proc/self/autogroup")
+        try:
+            if theirs.exists() and _group_name(theirs) != _group_name(mine):
+                theirs.write_text(str(nice))
+        except OSError:
+            pass
+        return True
+    try:
+        import psutil
+    except ImportError:
+        return False
+    try:
+        psutil.Process(pid).nice(psutil.BELOW_NORMAL_PRIORITY_CLASS)
+    except (psutil.Error, OSError, AttributeError):
+        return False
+    return True
+
+
+def _group_name(autogroup: Path) -> str:
+    """``/autogroup-210`` from ``/autogroup-210 nice 0``."""
+    return autogroup.read_text().split()[0]
+
+
 class ChildProcess:
     """One ``qlora-studio ARGS...`` child. ``run`` blocks until it ends and returns its outcome;
     ``request_stop`` and ``kill`` may be called from any thread at any time."""
@@ -81,11 +138,15 @@ class ChildProcess:
         grace_s: float = 60.0,
         env: dict[str, str] | None = None,
         what: str = "",
+        background: bool = False,
     ):
         """``args`` follow ``qlora-studio``; ``grace_s`` is how long a stop request may take
-        before the child is killed; ``what`` names the job in messages ("training")."""
+        before the child is killed; ``what`` names the job in messages ("training");
+        ``background`` runs it at a lower priority on one core fewer (a run the window
+        drives: the window stays responsive)."""
         self.args = [str(a) for a in args]
         self.grace_s = grace_s
+        self.background = background
         self.extra_env = dict(env or {})
         command = self.args[0] if self.args else "child"
         self.what = what or _WHAT.get(command, command)
@@ -163,7 +224,17 @@ class ChildProcess:
         return make_event("error", message=message, hint=hint)
 
     def _start(self) -> subprocess.Popen[str]:
-        return subprocess.Popen(
+        env = child_env(self.extra_env)
+        if self.background:
+            env = background_env(env)
+        # its own process group, so a kill also reaches dataloader workers; a background child
+        # stays in our session where it can (Python 3.11+), because Linux weighs sessions
+        # (autogroups) against each other: there its lower priority counts against the window
+        # alone, not against every other program on the machine
+        group: dict[str, Any] = {"start_new_session": os.name == "posix"}
+        if self.background and os.name == "posix" and sys.version_info >= (3, 11):
+            group = {"process_group": 0}
+        proc = subprocess.Popen(
             self.command(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -172,10 +243,12 @@ class ChildProcess:
             encoding="utf-8",
             errors="replace",
             bufsize=1,
-            env=child_env(self.extra_env),
-            # its own process group, so a kill also reaches dataloader workers
-            start_new_session=os.name == "posix",
+            env=env,
+            **group,
         )
+        if self.background:  # at once: threads the child starts later inherit the priority
+            lower_priority(proc.pid)
+        return proc
 
     def _cleanup(self) -> None:
         with self._lock:

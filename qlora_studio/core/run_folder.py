@@ -32,6 +32,7 @@ EVALUATION = "evaluation"
 MARKER = ".qlora-studio-run"
 LOCK_FILE = ".trainer.lock"
 PID_FILE = ".trainer.pid"
+DEBUG_LOG = "debug.log"  # the libraries' warnings and logs (core/library_logs.py)
 
 # every top-level entry a run folder may hold that we wrote; anything else is the user's
 _OURS = {
@@ -46,6 +47,7 @@ _OURS = {
     MARKER,
     LOCK_FILE,
     PID_FILE,
+    DEBUG_LOG,
 }
 _OUR_LEFTOVERS = re.compile(r"^(.+\.tmp|\..+\.old)$")  # atomic writes interrupted midway
 _TEMP_WITH_PID = re.compile(r"^\..+\.pid(\d+)\.tmp$")
@@ -342,6 +344,11 @@ def trained_output(
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write ``data`` as JSON through a temporary file renamed into place."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary file renamed into place."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)

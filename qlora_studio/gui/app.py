@@ -15,9 +15,21 @@ QLabel.error { color: #b00020; }
 
 
 def run_app(config: str | None = None, argv: list[str] | None = None) -> int:
-    """Open the main window (on ``config`` when given, else the last or the demo run)."""
+    """Open the main window (on ``config`` when given, else the last or the demo run). When
+    Qt's platform plugin cannot load, print what to install and return
+    :data:`~qlora_studio.gui.qt_platform.EXIT_NO_PLATFORM` instead of Qt's abort."""
+    from PySide6.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        from qlora_studio.gui.qt_platform import EXIT_NO_PLATFORM, check_platform
+
+        platform_problem = check_platform()
+        if platform_problem is not None:
+            print(platform_problem.text, file=sys.stderr)
+            return EXIT_NO_PLATFORM
+
     from PySide6.QtGui import QIcon
-    from PySide6.QtWidgets import QApplication, QMessageBox
+    from PySide6.QtWidgets import QMessageBox
 
     from qlora_studio.config import ConfigError, RunConfig
     from qlora_studio.gui.main_window import MainWindow

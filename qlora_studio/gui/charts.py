@@ -53,6 +53,8 @@ def styled_plot(x_label: str, y_label: str, *, si_prefix: bool = False) -> pg.Pl
         axis.setTextPen(AXIS_COLOUR)
         item.setLabel(side, text, color=AXIS_COLOUR)
         axis.enableAutoSIPrefix(si_prefix)  # off: "0.55 GB", not "550 (x0.001) GB"
+        # major and minor ticks only: the faint third grid level doubled each repaint's cost
+        axis.setStyle(maxTickLevel=1)
     return widget
 
 
@@ -126,7 +128,8 @@ class CurveStyle:
 class _LiveChart(QWidget):
     """A compact pyqtgraph plot whose curves redraw from a timer, only when new data arrived.
 
-    Curves are created on their first data, so the legend lists only what has been measured.
+    Curves are created on their first data, so the legend lists only what has been measured;
+    a chart with no curve hides its legend (an empty box otherwise).
     """
 
     refresh_ms: int = 150
@@ -160,6 +163,7 @@ class _LiveChart(QWidget):
             verSpacing=-4,
             colCount=legend_columns,
         )
+        self.legend.setVisible(False)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -190,6 +194,7 @@ class _LiveChart(QWidget):
         for curve in self.curves.values():
             self.plot_item.removeItem(curve)
         self.curves.clear()
+        self.legend.setVisible(False)
         self._dirty.clear()
         self.plot_item.enableAutoRange()
 
@@ -206,6 +211,7 @@ class _LiveChart(QWidget):
                 if not len(x):
                     continue
                 curve = self.curves[name] = self._make_curve(self.styles[name])
+                self.legend.setVisible(True)
             curve.setData(x, y)
         self._dirty.clear()
 
@@ -244,27 +250,75 @@ SMOOTHED = "smoothed"
 EVAL_LOSS = "eval loss"
 
 
+class SmoothedLoss:
+    """The smoothed loss curve: TensorBoard's debiased exponential moving average, with a
+    smoothing window that grows with the run.
+
+    The average starts at 0 and is divided by ``1 - prod(1 - a_i)``, so the first losses are
+    not dragged toward the very first one. The weight of the newest loss, ``a_t``, follows a
+    window of ``window_fraction`` of the losses so far (``a = 2 / (window + 1)``, at least one
+    loss), never below ``alpha``: a 60-step run's curve follows its loss within a few steps, a
+    long run is smoothed over about ``2 / alpha - 1`` losses. ``window_fraction=0`` gives the
+    plain debiased EMA with weight ``alpha``.
+    """
+
+    def __init__(self, alpha: float = 0.1, window_fraction: float = 0.2):
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"ema_alpha must be in (0, 1], got {alpha}")
+        if window_fraction < 0.0:
+            raise ValueError(f"window_fraction must be at least 0, got {window_fraction}")
+        self.alpha = alpha
+        self.window_fraction = window_fraction
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0  # finite losses seen
+        self._biased = 0.0  # the EMA started at 0
+        self._kept = 1.0  # prod(1 - a_i): the weight still on that 0 start
+        self.value: float | None = None
+
+    def weight(self, count: int) -> float:
+        """The weight of the ``count``-th finite loss."""
+        if self.window_fraction <= 0.0:
+            return self.alpha
+        window = max(1.0, self.window_fraction * count)
+        return max(self.alpha, min(1.0, 2.0 / (window + 1.0)))
+
+    def add(self, loss: float) -> float | None:
+        """Take one loss (a non-finite one leaves the curve as it is); return the smoothed
+        value, None until a finite loss came."""
+        if math.isfinite(loss):
+            self.count += 1
+            a = self.weight(self.count)
+            self._biased = a * loss + (1.0 - a) * self._biased
+            self._kept *= 1.0 - a
+            self.value = self._biased / (1.0 - self._kept)
+        return self.value
+
+
 class LossChart(_LiveChart):
-    """Training loss (thin, light), its exponential moving average (bold) and eval loss (dots)
-    against the optimizer step."""
+    """Training loss (thin, light), its smoothed trend (bold, :class:`SmoothedLoss`) and eval
+    loss (dots) against the optimizer step."""
 
     def __init__(
         self,
         parent: QWidget | None = None,
         *,
         ema_alpha: float = 0.1,
+        window_fraction: float = 0.2,
         refresh_ms: int | None = None,
     ):
-        if not 0.0 < ema_alpha <= 1.0:
-            raise ValueError(f"ema_alpha must be in (0, 1], got {ema_alpha}")
+        self.smoothed = SmoothedLoss(ema_alpha, window_fraction)  # validates before any widget
         styles = (
             CurveStyle(LOSS, "#a6c8e8", width=1),
             CurveStyle(SMOOTHED, "#1f5fa8", width=2.5),
             CurveStyle(EVAL_LOSS, "#e15759", width=0, symbol="o"),
         )
         super().__init__(styles, "step", "loss", (-6, 6), 1, parent, refresh_ms)
-        self.ema_alpha = ema_alpha
-        self._ema: float | None = None
+
+    @property
+    def ema_alpha(self) -> float:
+        return self.smoothed.alpha
 
     def add_metrics(self, event: dict) -> None:
         """Append ``loss`` and ``eval_loss`` when present at ``event["step"]``; redraw later.
@@ -281,17 +335,13 @@ class LossChart(_LiveChart):
             if last is not None and step <= last[0]:
                 for name in self.styles:
                     self._discard_from(name, step)
-                kept = self.series[SMOOTHED].last()
-                self._ema = None if kept is None else kept[1]
+                self._replay_smoothing()
             loss = float(loss)
             if not math.isfinite(loss):
                 loss = math.nan  # a gap in the raw curve; inf would wreck the autorange
-            elif self._ema is None:
-                self._ema = loss
-            else:
-                self._ema = self.ema_alpha * loss + (1.0 - self.ema_alpha) * self._ema
+            smoothed = self.smoothed.add(loss)
             self._append(LOSS, step, loss)
-            self._append(SMOOTHED, step, math.nan if self._ema is None else self._ema)
+            self._append(SMOOTHED, step, math.nan if smoothed is None else smoothed)
         if eval_loss is not None:
             last = self.series[EVAL_LOSS].last()
             if last is not None and step <= last[0]:
@@ -299,9 +349,15 @@ class LossChart(_LiveChart):
             eval_loss = float(eval_loss)
             self._append(EVAL_LOSS, step, eval_loss if math.isfinite(eval_loss) else math.nan)
 
+    def _replay_smoothing(self) -> None:
+        """After a resume dropped the later points: the smoothing as of the last kept loss."""
+        self.smoothed.reset()
+        for loss in self.series[LOSS].view()[1]:
+            self.smoothed.add(float(loss))
+
     def clear(self) -> None:
         super().clear()
-        self._ema = None
+        self.smoothed.reset()
 
     def point_count(self) -> dict[str, int]:
         """``{"loss": n, "smoothed": n, "eval": n}`` as drawn at the last redraw."""

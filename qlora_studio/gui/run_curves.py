@@ -35,6 +35,7 @@ class RunLossChart(QWidget):
             pen=pg.mkPen("#cccccc"),
             verSpacing=-4,
         )
+        self.legend.setVisible(False)  # an empty legend is an empty box
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.plot_widget)
@@ -55,9 +56,11 @@ class RunLossChart(QWidget):
             self.curves[label] = self.plot_item.plot(
                 steps, losses, name=label, pen=pg.mkPen(colour, width=2), antialias=True
             )
+        self.legend.setVisible(bool(self.curves))
         self.plot_item.enableAutoRange()
 
     def clear(self) -> None:
         for curve in self.curves.values():
             self.plot_item.removeItem(curve)
         self.curves.clear()
+        self.legend.setVisible(False)

@@ -4,6 +4,7 @@ signals through which pages talk to each other without reaching into one another
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,22 @@ from qlora_studio.config import ConfigError, RunConfig
 from qlora_studio.resources import resources_dir
 
 RECENT_LIMIT = 8
+RUNS_DIR_KEY = "output/runs_dir"  # the runs folder the user chose on the Settings page
+CLI_RUNS_DIR = "runs"  # output.dir's default: the CLI's runs/ in the working folder
+
+
+def default_runs_dir() -> Path:
+    """Where the app keeps runs until the user picks another folder: ``~/QLoRA Studio/runs``.
+
+    A visible folder in the home folder, because a desktop user looks for their runs in a file
+    manager: the platform data folders (~/.local/share, ~/Library/Application Support,
+    %APPDATA%) are hidden there, and Documents is often synced to a cloud drive, a poor home for
+    checkpoints of several GB. With ``$QLORA_STUDIO_DATA`` set (a portable install, the tests)
+    runs go to its ``runs/`` instead."""
+    override = os.environ.get("QLORA_STUDIO_DATA")
+    if override:
+        return Path(override) / "runs"
+    return Path.home() / "QLoRA Studio" / "runs"
 
 
 def demo_config() -> RunConfig:
@@ -32,13 +49,14 @@ class StudioState(QObject):
     resume_requested = Signal(object, object)  # Path, [(step, loss)]: continue it on Train
     run_started = Signal(object)  # Path: the training child created this run folder
     run_finished = Signal(object)  # Path: the run ended (done, stopped or failed)
+    run_progress = Signal(int, int)  # step, total steps of the running run (the sidebar shows it)
 
     def __init__(self, cfg: RunConfig | None = None, settings: QSettings | None = None):
         from qlora_studio.gui.jobs import JobRegistry
 
         super().__init__()
         self.settings = settings or QSettings("QLoRA Studio", "QLoRA Studio")
-        self.cfg = cfg or self._last_config() or demo_config()
+        self.cfg = self.with_runs_dir(cfg or self._last_config() or demo_config())
         self.model_info: Any = None
         self.data_report: dict | None = None
         self.running = False  # a training run is in progress
@@ -66,6 +84,31 @@ class StudioState(QObject):
     def set_run_finished(self, run_dir: str | Path) -> None:
         self.last_run_dir = Path(run_dir)
         self.run_finished.emit(self.last_run_dir)
+
+    def set_run_progress(self, step: int, total: int) -> None:
+        """The running run reached ``step`` of ``total`` (the Train page reports each step)."""
+        self.run_progress.emit(int(step), int(total))
+
+    # ---- where runs go ----------------------------------------------------------------------
+    def runs_dir(self) -> Path:
+        """The GUI's runs folder: the one chosen on the Settings page, else the default."""
+        chosen = str(self.settings.value(RUNS_DIR_KEY, "", type=str) or "")
+        return Path(chosen) if chosen else default_runs_dir()
+
+    def set_runs_dir(self, folder: str | Path) -> None:
+        """Remember ``folder`` as the runs folder of configs that leave output.dir at the
+        default, and point the current config at it."""
+        folder = Path(folder).expanduser()
+        self.settings.setValue(RUNS_DIR_KEY, str(folder))
+        self.cfg.output.dir = str(folder)
+
+    def with_runs_dir(self, cfg: RunConfig) -> RunConfig:
+        """``cfg`` with the default output.dir (``runs``, which the CLI reads beside the working
+        folder) pointed at the GUI's runs folder: a window started from a desktop menu has the
+        home folder as its working folder. Any other folder is the user's choice and kept."""
+        if cfg.output.dir.strip() in (CLI_RUNS_DIR, f"{CLI_RUNS_DIR}/", f"./{CLI_RUNS_DIR}"):
+            cfg.output.dir = str(self.runs_dir())
+        return cfg
 
     # ---- results shared between pages -----------------------------------------------------
     def set_model_info(self, info: Any) -> None:

@@ -21,6 +21,7 @@ from qlora_studio.gui.charts import (  # noqa: E402
     GrowingSeries,
     LossChart,
     MemoryChart,
+    SmoothedLoss,
 )
 
 T0 = 1_700_000_000.0
@@ -101,23 +102,22 @@ def test_loss_chart_gives_raw_and_smoothed_a_point_per_loss_and_eval_only_eval_l
     assert len(loss_chart.legend.items) == 3
 
 
-def test_loss_chart_smoothed_curve_is_the_ema_of_the_losses(qtbot):
-    chart = LossChart(ema_alpha=0.5)
+def test_loss_chart_smoothed_curve_is_the_debiased_ema_of_the_losses(qtbot):
+    chart = LossChart(ema_alpha=0.5, window_fraction=0)  # a fixed weight: TensorBoard's EMA
     qtbot.addWidget(chart)
     for step, loss in enumerate([2.0, 1.0, 3.0, 3.0], start=1):
         chart.add_metrics(metrics(step, loss=loss))
     chart.redraw()
     _, smoothed = chart.curves[SMOOTHED].getOriginalDataset()
-    # s1 = x1; s_t = a * x_t + (1 - a) * s_{t-1}
-    np.testing.assert_allclose(smoothed, [2.0, 1.5, 2.25, 2.625])
+    # m_0 = 0; m_t = a * x_t + (1 - a) * m_{t-1}; s_t = m_t / (1 - (1 - a)^t)
+    np.testing.assert_allclose(smoothed, [2.0, 1.0 / 0.75, 2.0 / 0.875, 2.5 / 0.9375])
 
     default = LossChart()
     qtbot.addWidget(default)
     assert default.ema_alpha == 0.1
-    default.add_metrics(metrics(1, loss=4.0))
-    default.add_metrics(metrics(2, loss=2.0))
-    default.redraw()
-    np.testing.assert_allclose(default.curves[SMOOTHED].getOriginalDataset()[1], [4.0, 3.8])
+    # the window grows with the run (a fifth of the losses so far) up to the weight 0.1
+    assert default.smoothed.weight(1) == 1.0 and default.smoothed.weight(20) == 0.4
+    assert default.smoothed.weight(10_000) == 0.1
 
 
 def test_loss_chart_redraws_on_its_timer_not_once_per_event(qtbot, loss_chart):
@@ -155,8 +155,10 @@ def test_loss_chart_resumed_run_replaces_the_steps_it_repeats(loss_chart):
     np.testing.assert_array_equal(y[6:], 100.0)
     assert loss_chart.point_count()["eval"] == 0
     smoothed = loss_chart.curves[SMOOTHED].getOriginalDataset()[1]
-    ema = smoothed[5]  # the EMA carries on from step 6
-    assert smoothed[6] == pytest.approx(0.1 * 100.0 + 0.9 * ema)
+    # the smoothing carries on from step 6, as if steps 7.. had come only once
+    once = SmoothedLoss()
+    expected = [once.add(loss) for loss in [*map(float, range(1, 7)), *[100.0] * 6]]
+    np.testing.assert_allclose(smoothed, expected)
 
 
 def test_loss_chart_clear_removes_points_and_legend(loss_chart):

@@ -10,9 +10,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-from PySide6.QtCore import QSettings  # noqa: E402
+from PySide6.QtCore import QRectF, QSettings, Qt  # noqa: E402
 
-from qlora_studio.config import RunConfig  # noqa: E402
+from qlora_studio.config import METHODS, RunConfig  # noqa: E402
 from qlora_studio.gui.main_window import MainWindow  # noqa: E402
 from qlora_studio.gui.state import StudioState, demo_config  # noqa: E402
 
@@ -41,8 +41,9 @@ def tiny_config(tiny_models, tmp_path):
 def test_window_has_every_step_and_three_estimates(qtbot, tmp_path, tiny_models):
     window = make_window(qtbot, tmp_path, tiny_config(tiny_models, tmp_path))
     sidebar = window.sidebar
-    titles = [sidebar.item(i).text().split("  ", 1)[1] for i in range(sidebar.count())]
+    titles = [sidebar.item(i).text() for i in range(sidebar.count())]
     assert titles == STEPS
+    assert all(not sidebar.item(i).icon().isNull() for i in range(sidebar.count()))
     qtbot.waitUntil(lambda: window.state.model_info is not None, timeout=60_000)
     window.go_to("Memory")
     memory = window.page("Memory")
@@ -51,8 +52,58 @@ def test_window_has_every_step_and_three_estimates(qtbot, tmp_path, tiny_models)
     assert set(totals) == {"full", "lora", "qlora"} and all(v > 0 for v in totals.values())
     html = memory.details.toHtml()
     assert "QLoRA" in html and "Largest term" in html
-    assert window.sidebar.item(0).text().startswith("✓")  # the model step is complete
+    assert window.is_step_done("Model")  # the model step is complete
+    assert window.sidebar.item(0).data(Qt.ItemDataRole.UserRole) is True
     assert memory.fit_line.isHidden()  # train.fit is off
+
+    # the legend has its own column: even in the smallest window it never covers the QLoRA bar
+    window.resize(window.minimumSize())
+    qtbot.waitUntil(lambda: memory.plot.width() < 700, timeout=5_000)
+    qtbot.wait(50)  # a relayout
+    view = memory.plot.getPlotItem().getViewBox()
+    column = METHODS.index("qlora")
+    bar = view.mapViewToScene(QRectF(column - 0.3, 0.0, 0.6, 1.0)).boundingRect()
+    legend = memory.legend.sceneBoundingRect()
+    assert len(memory.legend.items) >= 5
+    assert legend.left() >= bar.right(), (legend, bar)
+
+
+def test_a_step_is_done_once_seen_and_the_first_run_is_model_dataset_start(
+    qtbot, tmp_path, tiny_models
+):
+    window = make_window(qtbot, tmp_path, tiny_config(tiny_models, tmp_path))
+    settings = window.page("Settings")
+    assert settings.is_complete()  # the defaults are valid...
+    assert not window.is_step_done("Settings")  # ...but the user has not seen them yet
+    assert window.start_button.isVisible() and not window.start_button.isEnabled()
+    assert "First run: <b>Model</b>" in window.path_hint.text()
+
+    qtbot.waitUntil(lambda: window.state.model_info is not None, timeout=60_000)
+    window.next_button.click()
+    assert window.stack.currentIndex() == 1 and window.next_button.text() == "Next: Settings"
+    qtbot.waitUntil(window.start_button.isEnabled, timeout=60_000)  # the data is analysed
+    assert "<b>Dataset</b> ✓" in window.path_hint.text()
+    window.go_to("Settings")
+    assert window.is_step_done("Settings")
+    window.go_to("Train")
+    assert window.start_button.isHidden()  # the Train page has its own Start
+
+
+def test_the_sidebar_shows_the_running_run(qtbot, tmp_path, tiny_models):
+    window = make_window(qtbot, tmp_path, tiny_config(tiny_models, tmp_path))
+    indicator = window.run_indicator
+    assert indicator.isHidden()
+    window.go_to("Runs")
+    run_dir = tmp_path / "runs" / "qlora-1"
+    window.state.set_run_started(run_dir)
+    assert indicator.isVisible() and indicator.bar.maximum() == 0  # busy until a step is in
+    window.state.set_run_progress(3, 12)
+    assert (indicator.bar.value(), indicator.bar.maximum()) == (3, 12)
+    assert indicator.step_label.text() == "step 3 of 12" and str(run_dir) in indicator.toolTip()
+    qtbot.mouseClick(indicator, Qt.MouseButton.LeftButton)
+    assert window.stack.currentIndex() == STEPS.index("Train")
+    window.state.set_run_finished(run_dir)
+    assert indicator.isHidden()
 
 
 def test_memory_page_shows_what_auto_fit_would_choose(qtbot, tmp_path, tiny_models):

@@ -13,6 +13,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+from PySide6.QtCore import QSettings  # noqa: E402
 from PySide6.QtGui import QDesktopServices  # noqa: E402
 from PySide6.QtWidgets import QMessageBox  # noqa: E402
 from test_main_window import make_window, tiny_config  # noqa: E402
@@ -21,6 +22,8 @@ from test_runs import make_run_folder  # noqa: E402
 from qlora_studio.config import RunConfig  # noqa: E402
 from qlora_studio.core.history.store import RunHistory
 from qlora_studio.core.run_folder import CONFIG_FILE
+from qlora_studio.gui.pages.runs_page import COLUMNS, RunsPage
+from qlora_studio.gui.state import StudioState, demo_config
 
 YES, NO = QMessageBox.StandardButton.Yes, QMessageBox.StandardButton.No
 
@@ -89,7 +92,7 @@ def test_runs_page_lists_filters_overlays_opens_exports_compares_and_deletes(
     assert table_column(page, "id") == [str(i) for i in (dead, stopped, failed, done)]
     assert table_column(page, "status") == ["crashed", "cancelled", "failed", "done"]
     assert table_column(page, "best loss")[-1] == "1.5000"
-    assert window.sidebar.item(len(window.pages) - 1).text().startswith("✓")
+    assert window.is_step_done("Runs")
 
     page.status_filter.setCurrentText("failed")
     assert table_column(page, "name") == ["oom"]
@@ -195,3 +198,34 @@ def test_export_from_the_runs_page_goes_through_the_state_signals(
     assert chosen == [good] and shown == ["Export"]
     assert window.page("Export").run_edit.text() == str(good)
     assert window.stack.currentIndex() == window.pages.index(window.page("Export"))
+
+
+def _red_share(page, row: int) -> float:
+    """The share of clearly red pixels in ``row``'s status cell, as painted."""
+    column = COLUMNS.index("status")
+    rect = page.table.visualRect(page.table.model().index(row, column))
+    image = page.table.viewport().grab(rect).toImage()
+    red = sum(
+        1
+        for x in range(image.width())
+        for y in range(image.height())
+        if (c := image.pixelColor(x, y)).red() > 150 and c.green() < 110 and c.blue() < 120
+    )
+    return red / max(image.width() * image.height(), 1)
+
+
+def test_a_failed_run_stays_red_while_its_row_is_selected(qtbot, tmp_path, history):
+    root = tmp_path / "runs"
+    done = recorded_run(history, root, "good", "done", [(1, 3.0)], output=True)
+    failed = recorded_run(history, root, "oom", "failed", [(1, 3.1)])
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    page = RunsPage(StudioState(demo_config(), settings=settings))
+    qtbot.addWidget(page)
+    page.resize(1000, 600)
+    page.show()
+    qtbot.waitExposed(page)
+    rows = {record.id: row for row, record in enumerate(page.records)}
+    assert 0 < _red_share(page, rows[failed])  # red text and icon, unselected
+    page.select_ids([failed, done])
+    assert _red_share(page, rows[failed]) > 0.5  # selected: the cell is red, not the highlight
+    assert _red_share(page, rows[done]) == 0  # a selected run that did not fail is not red

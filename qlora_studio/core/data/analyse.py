@@ -40,8 +40,9 @@ def inspect_data(
     Always: source, format, rows, columns, sample_rows (first 5 raw rows). With a tokenizer
     also: template, stats (:meth:`DatasetStats.to_dict` over every row), preview (the
     first row as a :class:`RenderedSample` dict) and batching (the share of computed tokens
-    that is padding with each ``data.packing`` mode at ``batch_size``, over the train rows); like :func:`prepare_dataset` it puts the chat
-    template in force on the tokenizer and sets a missing pad token. Raises
+    that is padding with each ``data.packing`` mode at ``batch_size``, over the train rows).
+    Like :func:`prepare_dataset` it puts the chat template in force on the tokenizer and sets
+    a missing pad token. Raises
     :class:`DatasetError` for bad data.
     """
     loaded = load_examples(path, format=format, columns=columns, system_prompt=system_prompt)

@@ -216,4 +216,3 @@ def prepare_dataset(
         + (f"; {skipped} rows skipped: their answer lies past max_length" if skipped else ""),
     )
     return PreparedDataset(train_rows, eval_rows, stats, template, chat_template, loaded.format)
-

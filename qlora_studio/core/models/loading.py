@@ -3,17 +3,26 @@ training, for inference (compare, eval, chat) and for a 16-bit merge."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from qlora_studio.config import Dtype, resolve_compute_dtype
 from qlora_studio.core.errors import StudioError, TrainingError
+from qlora_studio.core.events import Reporter, report_progress
 
 if TYPE_CHECKING:
     from qlora_studio.config import RunConfig
 
 Purpose = Literal["train", "infer", "merge"]
+# transformers' progress bars over a model's tensors: its loader, and its older GGUF converter
+TENSOR_BARS = ("Loading weights", "Converting and de-quantizing GGUF tensors...")
+PROGRESS_EVERY_S = 0.5  # progress events while loading: at most this often, plus the last
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -135,6 +144,11 @@ def load_causal_lm(
     if four_bit:
         kwargs["quantization_config"] = quantization_config(cfg.quant, compute)
         kwargs["device_map"] = {"": device}
+    if purpose == "train" and device == "cuda" and kwargs["dtype"] != torch.float32:
+        # flash-attention reads packed rows' restarting position ids as varlen boundaries: no
+        # T x T mask. It takes 16-bit inputs only; without it transformers picks SDPA
+        if importlib.util.find_spec("flash_attn") is not None:
+            kwargs["attn_implementation"] = "flash_attention_2"
     try:
         model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
     except Exception as exc:
@@ -143,6 +157,62 @@ def load_causal_lm(
         model.to(device)
     model.config.use_cache = purpose == "infer"
     return model.eval() if purpose == "infer" else model
+
+
+@contextmanager
+def tensor_progress(reporter: Reporter | None, every_s: float = PROGRESS_EVERY_S) -> Iterator[None]:
+    """While inside, transformers' loops over a model's tensors (:data:`TENSOR_BARS`) on this
+    thread send ``progress`` events (tensors done of all, with an ETA) to ``reporter``: a
+    percentage instead of a silent wait when a GGUF is dequantized. Its own bar still draws."""
+    from transformers.utils import logging as hf_logging
+
+    thread = threading.get_ident()
+
+    def hook(factory, args, kwargs):
+        bar = factory(*args, **kwargs)
+        iterable = args[0] if args else kwargs.get("iterable")
+        if (
+            reporter is None
+            or threading.get_ident() != thread
+            or kwargs.get("desc") not in TENSOR_BARS
+            or not hasattr(iterable, "__len__")
+        ):
+            return bar
+        return _ReportingBar(bar, len(iterable), reporter, every_s)
+
+    previous = hf_logging.set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        hf_logging.set_tqdm_hook(previous)
+
+
+class _ReportingBar:
+    """A tqdm bar whose iteration also reports progress events (throttled; the last always)."""
+
+    def __init__(self, bar: Any, total: int, reporter: Reporter, every_s: float):
+        self.bar, self.total, self.reporter, self.every_s = bar, total, reporter, every_s
+
+    def __iter__(self) -> Iterator[Any]:
+        started = last = time.monotonic()
+        report_progress(self.reporter, 0, self.total, started)
+        done = 0
+        for item in self.bar:
+            yield item
+            done += 1
+            now = time.monotonic()
+            if done == self.total or now - last >= self.every_s:
+                report_progress(self.reporter, done, self.total, started)
+                last = now
+
+    def __enter__(self) -> _ReportingBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:  # update, close, set_postfix...: the bar's own
+        return getattr(self.bar, name)
 
 
 def model_type(model_dir: Path) -> str:

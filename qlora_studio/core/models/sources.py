@@ -314,13 +314,16 @@ def _dequantize_into(gguf_file: Path, out: Path, reporter: Reporter | None) -> i
         say(
             reporter, f"Dequantizing {format_mb(size)} of weights to bfloat16", phase="dequantizing"
         )
+        from qlora_studio.core.models.loading import tensor_progress
+
         # dequantize=True: keep no packed GgufLinear modules, which cannot be saved or trained.
-        model = AutoModelForCausalLM.from_pretrained(
-            folder,
-            gguf_file=name,
-            dtype=torch.bfloat16,
-            quantization_config=GgufConfig(dequantize=True),
-        )
+        with tensor_progress(reporter):  # tensors done of all, with an ETA
+            model = AutoModelForCausalLM.from_pretrained(
+                folder,
+                gguf_file=name,
+                dtype=torch.bfloat16,
+                quantization_config=GgufConfig(dequantize=True),
+            )
     except (ValueError, KeyError, NotImplementedError, RuntimeError, ImportError) as exc:
         raise ModelSourceError(
             f"transformers could not dequantize {gguf_file.name}: {exc}",

@@ -14,10 +14,14 @@ SPEED_WINDOW = 10  # steps: tokens/s and ETA follow the recent pace, not the slo
 
 def make_event_callback(reporter: Reporter, cancel: threading.Event, device: str, run_dir: Path):
     """A TrainerCallback that reports progress, metrics, memory and checkpoints, and stops with
-    a checkpoint once ``cancel`` is set. (Built on call: transformers loads only when training.)"""
+    a checkpoint once ``cancel`` is set or the launcher of several processes asks every rank to
+    (core/training/distributed.py). (Built on call: transformers loads only when training.)"""
     from transformers import TrainerCallback
 
     from qlora_studio.core.gpu import memory_snapshot
+    from qlora_studio.core.training.distributed import agree, current_rank, stop_requested
+
+    rank = current_rank()
 
     class EventCallback(TrainerCallback):
         def __init__(self):
@@ -54,7 +58,10 @@ def make_event_callback(reporter: Reporter, cancel: threading.Event, device: str
             )
             if state.global_step % max(args.logging_steps, 1) == 0 or state.global_step == 1:
                 reporter.emit(make_event("memory", **memory_snapshot(device, state.global_step)))
-            if cancel.is_set() and not self.cancelled:
+            wants_stop = cancel.is_set() or stop_requested(run_dir)
+            if rank.distributed:  # every rank stops after the same step, or DDP would hang
+                wants_stop = agree(wants_stop)
+            if wants_stop and not self.cancelled:
                 self.cancelled = True
                 control.should_save = True
                 control.should_training_stop = True

@@ -109,17 +109,27 @@ def logit_head(config) -> LogitHead:
     return LogitHead(softcap=softcap or None, multiply=multiply, divide=divide)
 
 
-def lean_causal_lm_loss(model, inputs: dict[str, Any], path: LossPath, num_items_in_batch=None):
+def lean_causal_lm_loss(
+    model, inputs: dict[str, Any], path: LossPath, num_items_in_batch=None, wrapper=None
+):
     """The causal-LM loss of ``model`` on ``inputs`` (with ``labels``), computed from the final
     hidden states at trained positions only: the sum over trained tokens divided by
-    ``num_items_in_batch`` when given, else by their count (transformers' ForCausalLMLoss)."""
+    ``num_items_in_batch`` when given, else by their count (transformers' ForCausalLMLoss).
+
+    ``wrapper`` is the module the Trainer wraps ``model`` in for several processes
+    (DistributedDataParallel): the forward pass must go through it, or it does not average the
+    gradients after the first step. It then runs with ``logits_to_keep=1`` (one position's
+    logits) and the decoder's output is taken from a forward hook."""
     import torch.nn.functional as F
 
     hf = causal_lm(model)
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     shift_labels = inputs.pop("shift_labels", None)
-    hidden = hf.get_decoder()(**inputs).last_hidden_state
+    if wrapper is None:
+        hidden = hf.get_decoder()(**inputs).last_hidden_state
+    else:
+        hidden = _hidden_through(wrapper, hf.get_decoder(), inputs)
     if shift_labels is None:  # position t predicts token t + 1, as in ForCausalLMLoss
         shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
     shift_labels = shift_labels.to(hidden.device)
@@ -130,6 +140,24 @@ def lean_causal_lm_loss(model, inputs: dict[str, Any], path: LossPath, num_items
     if hasattr(num_items_in_batch, "to"):
         num_items_in_batch = num_items_in_batch.to(total.device)
     return total / num_items_in_batch
+
+
+def _hidden_through(wrapper, decoder, inputs: dict[str, Any]):
+    """The decoder's last hidden state from a forward pass through ``wrapper``."""
+    captured: list[Any] = []
+
+    def keep(module, args, output):
+        if not captured:  # the first call: checkpointing may run layers again, not the decoder
+            captured.append(
+                output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+            )
+
+    handle = decoder.register_forward_hook(keep)
+    try:
+        wrapper(**inputs, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured[0]
 
 
 def _loss_sum(hidden, targets, lm_head, path: LossPath):
@@ -253,7 +281,7 @@ def _why_not_liger(lm_head, head: LogitHead, device: str) -> str | None:
 
 class LeanLossMixin:
     """Trainer mixin: ``compute_loss`` (training and evaluation) uses :func:`lean_causal_lm_loss`
-    and returns no logits. Single process (the app trains on one device)."""
+    and returns no logits; with several processes the forward goes through the DDP wrapper."""
 
     loss_path: LossPath
 
@@ -264,8 +292,9 @@ class LeanLossMixin:
             )
         if not self.model_accepts_loss_kwargs:
             num_items_in_batch = None  # as today: the model averages, the Trainer divides by GA
-        model = self.accelerator.unwrap_model(model)
-        loss = lean_causal_lm_loss(model, inputs, self.loss_path, num_items_in_batch)
+        unwrapped = self.accelerator.unwrap_model(model)
+        wrapper = model if model is not unwrapped else None  # DDP: forward through it
+        loss = lean_causal_lm_loss(unwrapped, inputs, self.loss_path, num_items_in_batch, wrapper)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss (1 here)
         if return_outputs:

@@ -87,8 +87,12 @@ class FineTuneRecipe:
         resume: bool = False,
         record_history: bool = True,
     ):
+        from qlora_studio.core.training.distributed import current_rank
+
         self.cfg = cfg.validate()
-        self.record_history = record_history  # off for the probe: two steps are not a run
+        # several processes (core/training/distributed.py): only rank 0 writes the run folder
+        self.rank = current_rank()
+        self.record_history = record_history and self.rank.is_main  # off for the probe
         self.screen = reporter or NullReporter()
         self.reporter: Reporter = self.screen
         self.cancel = cancel or threading.Event()
@@ -134,11 +138,16 @@ class FineTuneRecipe:
         from qlora_studio.core.models.sources import load_tokenizer, require_weights, resolve_model
 
         cfg = self.cfg
-        if self.resume:  # before anything else: a running trainer owns this folder
+        if self.resume and self.rank.is_main:  # first: a running trainer owns this folder
             self._lock = RunFolderLock(self.run_dir).acquire()
             tidy_checkpoints(self.run_dir, cfg.train.save_total_limit)
+        if self.resume:
             _refuse_finished_run(self.run_dir, cfg)
         self.device = pick_device(cfg.train.device)
+        if self.device == "cuda" and self.rank.distributed:
+            import torch
+
+            torch.cuda.set_device(self.rank.local_rank)  # "cuda" is this rank's GPU from here
         self._status(f"Preparing the model source '{cfg.model.source}'")
         self._model_dir = resolve_model(
             cfg.model.source,
@@ -270,6 +279,9 @@ class FineTuneRecipe:
     def save(self, result: TrainResult) -> None:
         from qlora_studio.core.export import save_trained
 
+        if not self.rank.is_main:
+            return
+
         self._status(f"Saving the {'model' if self.cfg.method == 'full' else 'adapter'}")
         save_trained(
             self.model,
@@ -284,6 +296,9 @@ class FineTuneRecipe:
     def cleanup(self) -> None:
         self.model = None
         self.trainer = None
+        if getattr(self, "library_logs", None) is not None:
+            self.library_logs.close()  # the libraries log to the console again
+            self.library_logs = None
         if self.device == "cuda":
             import torch
 
@@ -340,6 +355,8 @@ class FineTuneRecipe:
         return BatchCollator(inner), train_set, eval_set
 
     def _open_run_dir(self) -> None:
+        if not self.rank.is_main:  # rank 0 made it and writes it; this rank only computes
+            return
         if self._run_dir is None:
             self._run_dir = make_run_dir(self.cfg)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -388,6 +405,11 @@ class FineTuneRecipe:
     def _setup_model(self):
         cfg = self.cfg
         method = cfg.method
+        from qlora_studio.core.library_logs import DEBUG_LOG, route_library_logs
+
+        # library warnings (bitsandbytes' CPU kernels, paged optimizers) go to the run's
+        # debug.log; the few that matter come back as one status line
+        self.library_logs = route_library_logs(self.run_dir / DEBUG_LOG, self._status)
         model = load_causal_lm(self.model_dir, cfg, self.device, purpose="train")
         if method == "full":
             return model
@@ -407,8 +429,8 @@ class FineTuneRecipe:
         if cfg.train.gradient_checkpointing:
             # input grads as before: reentrant checkpointing needs them, non-reentrant ignores them
             model.enable_input_require_grads()
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
             )
         # LoRA weights stay fp32 (get_peft_model's autocast_adapter_dtype): small updates to
         # trained 16-bit weights would round away, and the adapters are a tiny share of memory
@@ -467,8 +489,8 @@ class FineTuneRecipe:
             weight_decay=t.weight_decay,
             max_grad_norm=0.0 if in_backward else t.max_grad_norm,
             optim=OPTIMIZER_NAMES[t.optimizer],
-            gradient_checkpointing=t.gradient_checkpointing and cfg.method != "qlora",
-            gradient_checkpointing_kwargs={"use_reentrant": False},
+            activation_checkpointing=t.gradient_checkpointing and cfg.method != "qlora",
+            activation_checkpointing_kwargs={"use_reentrant": False},
             seed=t.seed,
             data_seed=t.seed,
             logging_steps=t.logging_steps,
@@ -483,8 +505,12 @@ class FineTuneRecipe:
             disable_tqdm=True,
             remove_unused_columns=False,
             # a packed batch has no attention mask and no padding: every token is a real one
-            include_num_input_tokens_seen="all" if self.packing == "padding_free" else "non_padding",
+            include_num_input_tokens_seen="all"
+            if self.packing == "padding_free"
+            else "non_padding",
             dataloader_pin_memory=self.device == "cuda",
+            # every LoRA weight gets a gradient each step: DDP need not search for unused ones
+            ddp_find_unused_parameters=False if self.rank.distributed else None,
             **mixed,
         )
         from qlora_studio.core.training.lean_loss import choose_loss_path, with_lean_loss

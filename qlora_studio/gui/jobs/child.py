@@ -1,6 +1,7 @@
 """A page job that runs the CLI as a child process (``qlora-studio ARGS...``) and turns each
 JSON event it prints into a signal. Training, resuming, exports, the probe and evaluations run
-this way: the window process never holds a model, and a crash cannot take it down.
+this way: the window process never holds a model, and a crash cannot take it down. A training
+run starts in the background (lower priority, one core left to the window).
 
 Launching, reading the lines and the stop ladder (a ``stop`` line on stdin, then SIGKILL to
 the process group after ``grace_s``) live in ``qlora_studio.core.child``; this class only moves
@@ -42,21 +43,25 @@ class ChildJob(Job):
         *,
         grace_s: float = 60.0,
         env: dict[str, str] | None = None,
+        background: bool = False,
     ):
         """``grace_s`` is how long a stop request may take before the child is killed; ``env``
-        adds variables to the child's environment."""
+        adds variables to the child's environment; ``background`` runs it at a lower priority
+        with torch on one core fewer, so the window stays responsive."""
         super().__init__(parent)
-        self.process = ChildProcess(args, grace_s=grace_s, env=env)
+        self.process = ChildProcess(args, grace_s=grace_s, env=env, background=background)
 
     @staticmethod
     def train(config_path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> ChildJob:
         """``qlora-studio train CONFIG [--set K=V ...] --events jsonl``."""
-        return ChildJob(["train", str(config_path), *set_args(overrides), "--events", "jsonl"])
+        args = ["train", str(config_path), *set_args(overrides), "--events", "jsonl"]
+        return ChildJob(args, background=True)
 
     @staticmethod
     def resume(run_dir: str | os.PathLike[str], overrides: Iterable[str] = ()) -> ChildJob:
         """``qlora-studio resume RUN_DIR [--set K=V ...] --events jsonl``."""
-        return ChildJob(["resume", str(run_dir), *set_args(overrides), "--events", "jsonl"])
+        args = ["resume", str(run_dir), *set_args(overrides), "--events", "jsonl"]
+        return ChildJob(args, background=True)
 
     @property
     def args(self) -> list[str]:

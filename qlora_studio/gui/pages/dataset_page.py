@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.config import CHAT_TEMPLATES, DATA_FORMATS, TRAIN_ON, RunConfig, field_help
+from qlora_studio.gui import theme
 from qlora_studio.gui.pages.base import ERROR_COLOUR, Page, error_html
 from qlora_studio.gui.pages.dataset_report import (
     _analyse,
@@ -92,6 +93,7 @@ class DatasetPage(Page):
         self.path_edit.textChanged.connect(self._on_path_changed)
         self.path_edit.returnPressed.connect(self.analyse)
         browse = QPushButton("Browse…")
+        theme.set_icon(browse, "mdi6.folder-open-outline")
         browse.clicked.connect(self._browse)
         path_row.addWidget(self.path_edit, 1)
         path_row.addWidget(browse)
@@ -171,6 +173,7 @@ class DatasetPage(Page):
     def _build_analyse_row(self) -> None:
         row = QHBoxLayout()
         self.analyse_button = QPushButton("Analyse")
+        theme.set_icon(self.analyse_button, "mdi6.text-box-search-outline")
         self.analyse_button.setToolTip(
             "Read, template and tokenize every row with the model's tokenizer"
         )

@@ -32,7 +32,9 @@ def sample_html(preview: dict) -> str:
                     marked = True
                 parts.append(f"<span style='color:{CUT_COLOUR}'>{piece}</span>")
             elif trained:
-                parts.append(f"<span style='background-color:{TRAINED_COLOUR}'>{piece}</span>")
+                parts.append(
+                    f"<span style='background-color:{TRAINED_COLOUR}; color:#000'>{piece}</span>"
+                )
             else:
                 parts.append(piece)
     body = "".join(parts)

@@ -5,12 +5,14 @@ GPU (NVML, or a card from the catalogue, or a custom size), with the verdict and
 from __future__ import annotations
 
 import pyqtgraph as pg
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QTextBrowser,
 )
 
@@ -61,7 +63,7 @@ class MemoryPage(Page):
         self.plot.setMinimumHeight(300)
         self.plot.setLabel("left", "GPU memory (GB)")
         self.plot.showGrid(y=True, alpha=0.3)
-        self.plot.addLegend(offset=(-10, 10))
+        self.legend = self._legend_beside(self.plot)
         self.layout_.addWidget(self.plot, 1)
 
         self.probe_bar = QProgressBar()
@@ -76,6 +78,17 @@ class MemoryPage(Page):
         self._fill_gpus()
         self.gpu_combo.currentTextChanged.connect(lambda _: self.refresh())
         state.model_info_changed.connect(lambda _: self.refresh())
+
+    @staticmethod
+    def _legend_beside(plot: pg.PlotWidget) -> pg.LegendItem:
+        """The terms' legend in its own column right of the bars: inside the plot it covered
+        the QLoRA bar whenever the window was narrow or the term names long."""
+        legend = pg.LegendItem(offset=None, labelTextColor="#333")
+        legend.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
+        layout = plot.getPlotItem().layout
+        layout.addItem(legend, 2, 3)  # row 2 holds the view box (col 1) and its right axis
+        layout.setAlignment(legend, Qt.AlignmentFlag.AlignTop)
+        return legend
 
     def _fill_gpus(self) -> None:
         from qlora_studio.core.gpu import list_gpus, load_catalogue
@@ -150,6 +163,7 @@ class MemoryPage(Page):
 
     def _draw(self, gpu) -> None:
         self.plot.clear()
+        self.legend.clear()
         names: list[str] = []
         for estimate in self.estimates.values():
             for term in estimate.terms:
@@ -167,9 +181,9 @@ class MemoryPage(Page):
                 width=0.6,
                 y0=bottoms,
                 brush=COLOURS[i % len(COLOURS)],
-                name=name,
             )
             self.plot.addItem(bars)
+            self.legend.addItem(bars, name)
             bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
         lines = [(gpu.total_bytes / GB, "total", pg.QtCore.Qt.PenStyle.DashLine)]
         if gpu.free_bytes < gpu.total_bytes:
@@ -192,7 +206,7 @@ class MemoryPage(Page):
                 ]
             ]
         )
-        self.plot.setXRange(-0.5, len(METHODS) + 1.2, padding=0)  # room for the legend
+        self.plot.setXRange(-0.5, len(METHODS) - 0.5, padding=0)
         self.plot.setYRange(0, max(max(bottoms), gpu.total_bytes / GB) * 1.1)
 
     def _describe(self, settings) -> None:

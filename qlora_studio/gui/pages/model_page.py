@@ -29,6 +29,8 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.config import RunConfig, field_help
+from qlora_studio.core.events import format_duration
+from qlora_studio.gui import theme
 from qlora_studio.gui.pages.base import Page, error_html
 
 DEMO, FOLDER, GGUF, HUB = "demo", "folder", "gguf", "hub"
@@ -140,6 +142,7 @@ class ModelPage(Page):
         self.source_edit.textChanged.connect(self._on_text_edited)
         self.source_edit.returnPressed.connect(self.inspect)
         self.browse_button = QPushButton("Browse…")
+        theme.set_icon(self.browse_button, "mdi6.folder-open-outline")
         self.browse_button.clicked.connect(self._browse)
         row.addWidget(self.source_edit, 1)
         row.addWidget(self.browse_button)
@@ -167,6 +170,7 @@ class ModelPage(Page):
     def _build_inspect_row(self) -> None:
         row = QHBoxLayout()
         self.inspect_button = QPushButton("Inspect")
+        theme.set_icon(self.inspect_button, "mdi6.magnify")
         self.inspect_button.setToolTip(
             "Read the model's config and count its parameters (no weights are loaded)"
         )
@@ -370,6 +374,7 @@ class ModelPage(Page):
             self.status_label.setText(f"Inspecting {html.escape(source)}…")
         job = ThreadJob(_inspect, source, key[1], key[2])
         job.status.connect(self.status_label.setText)
+        job.progress.connect(self._on_progress)
         job.succeeded.connect(self._on_inspected)
         job.failed.connect(self._on_failed)
         job.cancelled.connect(self._on_cancelled)
@@ -400,8 +405,19 @@ class ModelPage(Page):
     def _on_cancelled(self, _event: dict) -> None:
         self.status_label.setText("Inspection cancelled.")
 
+    def _on_progress(self, event: dict) -> None:
+        """Counted work (a GGUF's tensors dequantized on first use): a percentage and an ETA
+        instead of the busy bar."""
+        total = max(int(event.get("total") or 0), 1)
+        eta = event.get("eta_s")
+        self.progress.setRange(0, total)
+        self.progress.setValue(min(int(event.get("step") or 0), total))
+        self.progress.setFormat("%p%" + (f" · {format_duration(eta)} left" if eta else ""))
+        self.progress.setTextVisible(True)
+
     def _on_finished(self) -> None:
         self.progress.hide()
+        self.progress.setRange(0, 0)  # busy again for the next inspection
         self.inspect_button.setEnabled(True)
 
     def _show_error(self, message: str, hint: str) -> None:

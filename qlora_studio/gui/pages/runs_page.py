@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer, QUrl
-from PySide6.QtGui import QColor, QDesktopServices
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt, QTimer, QUrl
+from PySide6.QtGui import QColor, QDesktopServices, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -15,6 +15,9 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPushButton,
     QSplitter,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -22,6 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.core.history.store import STATUSES, RunHistory, RunHistoryError, RunRecord
+from qlora_studio.gui import theme
 from qlora_studio.gui.pages.base import Page
 
 COLUMNS = (
@@ -38,8 +42,25 @@ COLUMNS = (
 ALL = "all"
 RESUMABLE = ("cancelled", "crashed", "failed")
 REFRESH_MS = 3000  # while shown and a run is running
-_ERROR_COLOUR = QColor("#b00020")
+_ERROR_COLOUR = QColor(theme.ERROR_RED)
+FAILED = ("failed", "crashed")
 CHART_HINT = "<b>Loss</b> — select two or more runs to overlay their curves"
+
+
+class _StatusDelegate(QStyledItemDelegate):
+    """A failed run's status stays red when its row is selected: the cell is highlighted in red
+    (white text) instead of the selection colour, which painted over the red text."""
+
+    def initStyleOption(  # noqa: N802 (Qt's name)
+        self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex
+    ) -> None:
+        super().initStyleOption(option, index)
+        if index.data(Qt.ItemDataRole.ForegroundRole) is None:
+            return
+        if option.state & QStyle.StateFlag.State_Selected:
+            palette = option.palette
+            palette.setColor(QPalette.ColorRole.Highlight, _ERROR_COLOUR)
+            palette.setColor(QPalette.ColorRole.HighlightedText, QColor("#ffffff"))
 
 
 class RunsPage(Page):
@@ -50,6 +71,7 @@ class RunsPage(Page):
 
         super().__init__(state, parent)
         self.records: list[RunRecord] = []
+        self._failed_icon = theme.icon("mdi6.alert-circle", theme.ERROR_RED)
         self._curve_cache: dict[str, tuple[tuple[int, int], list[tuple[int, float]]]] = {}
 
         top = QHBoxLayout()
@@ -60,6 +82,7 @@ class RunsPage(Page):
         self.status_filter.currentTextChanged.connect(self.refresh)
         top.addWidget(self.status_filter)
         self.refresh_button = QPushButton("Refresh")
+        theme.set_icon(self.refresh_button, "mdi6.refresh")
         self.refresh_button.clicked.connect(self.refresh)
         top.addWidget(self.refresh_button)
         top.addStretch(1)
@@ -75,10 +98,12 @@ class RunsPage(Page):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.itemSelectionChanged.connect(self._on_selection_changed)
+        self._status_delegate = _StatusDelegate(self.table)
+        self.table.setItemDelegateForColumn(COLUMNS.index("status"), self._status_delegate)
 
         buttons = QHBoxLayout()
         self.open_button = QPushButton("Open folder")
-        self.resume_button = QPushButton("⟳ Resume")
+        self.resume_button = QPushButton("Resume")
         self.export_button = QPushButton("Export…")
         self.compare_button = QPushButton("Compare…")
         self.delete_button = QPushButton("Delete")
@@ -106,7 +131,9 @@ class RunsPage(Page):
                 self.delete_selected,
             ),
         )
-        for button, tip, slot in tips:
+        icons = ("folder-open-outline", "restore", "export-variant", "compare-horizontal")
+        for (button, tip, slot), icon in zip(tips, (*icons, "delete-outline"), strict=True):
+            theme.set_icon(button, f"mdi6.{icon}")
             button.setToolTip(tip)
             button.clicked.connect(slot)
             buttons.addWidget(button)
@@ -180,8 +207,9 @@ class RunsPage(Page):
                 item = QTableWidgetItem(value)
                 if r.error:
                     item.setToolTip(r.error)
-                if column == 2 and r.status in ("failed", "crashed"):
+                if column == COLUMNS.index("status") and r.status in FAILED:
                     item.setForeground(_ERROR_COLOUR)
+                    item.setIcon(self._failed_icon)
                 self.table.setItem(row, column, item)
             if r.id in selected:
                 self.table.selectRow(row)

@@ -1,11 +1,15 @@
-"""Settings: the method and every knob of the run config, grouped, each with its help as a
-tooltip; presets; "Show YAML" and "Copy CLI command" so any run can be repeated in a terminal."""
+"""Settings: the few that matter (method, adapter rank, learning rate, steps, batch, where runs
+are saved) in plain words, every other knob of the run config under "Advanced", each with its
+field name and help as a tooltip; presets; "Show YAML" and "Copy CLI command" so any run can be
+repeated in a terminal."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -13,6 +17,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -22,12 +27,14 @@ from PySide6.QtWidgets import (
     QPushButton,
     QRadioButton,
     QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from qlora_studio import config as C
-from qlora_studio.gui.pages.base import Page
+from qlora_studio.gui import theme
+from qlora_studio.gui.pages.base import ERROR_COLOUR, Page
 
 CHOICES = {
     ("quant", "quant_type"): C.QUANT_TYPES,
@@ -87,8 +94,17 @@ COMPUTE_DTYPE_ROLE = {
     "lora": "LoRA: sets the 16-bit base dtype (the frozen base's weights and matmuls)",
     "qlora": "QLoRA: the dtype the 4-bit weights are dequantized to for each matmul",
 }
-# (config section, group title, its fields; None = the section's fields no other group lists),
-# in two columns: left, right, left, ...
+# the few that matter, in plain words (the field name is in each tooltip); the rest is Advanced
+ESSENTIALS = (
+    ("lora", "r", "Adapter size (rank)"),
+    ("train", "lr", "Learning rate"),
+    ("train", "max_steps", "Training steps"),
+    ("train", "batch_size", "Examples per step"),
+    ("output", "dir", "Save runs in"),
+)
+ADVANCED_OPEN_KEY = "settings/advanced_open"
+# (config section, group title, its fields; None = the section's fields no other group or the
+# essentials list), in two columns under Advanced: left, right, left, ...
 SECTIONS = (
     ("lora", "LoRA adapter", None),
     ("quant", "Compute dtype and 4-bit base (QLoRA)", None),
@@ -120,11 +136,17 @@ def _group_fields(section: str, names: tuple[str, ...] | None) -> list[dataclass
     if names is not None:
         return [f for name in names for f in fields if f.name == name]
     listed = {n for s, _, group in SECTIONS if s == section and group for n in group}
+    listed |= {n for s, n, _ in ESSENTIALS if s == section}
     return [f for f in fields if f.name not in listed]
 
 
+def _field(section: str, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(C.SECTIONS[section]) if f.name == name)
+
+
 def _tooltip(section: str, name: str) -> str:
-    text = C.field_help(section, name)
+    """The config field's name (as in the YAML and ``--set``), its help and its memory note."""
+    text = f"{section}.{name}: {C.field_help(section, name)}"
     note = MEMORY_NOTES.get(name)
     return f"{text}\n\nMemory: {note}" if note else text
 
@@ -137,20 +159,52 @@ class SettingsPage(Page):
         self._loading = False
         self.editors: dict[tuple[str, str], QWidget] = {}
 
-        method_box = QGroupBox("Method")
-        row = QHBoxLayout(method_box)
+        self.layout_.addWidget(self._essentials())
+        self.message = QLabel("")  # a validation error, under the fields most edited
+        self.message.setWordWrap(True)
+        self.layout_.addWidget(self.message)
+        self._add_presets_row()
+        self._add_advanced()
+        self.layout_.addStretch(1)
+
+    def _essentials(self) -> QGroupBox:
+        """The few that matter: method, rank, learning rate, steps, batch, runs folder."""
+        essentials = QGroupBox("The few that matter")
+        essentials.setObjectName("essentials")
+        form = QFormLayout(essentials)
+        methods = QHBoxLayout()
         self.method_group = QButtonGroup(self)
         self.method_buttons = {}
         for method in C.METHODS:
             button = QRadioButton(C.METHOD_LABELS[method])
-            button.setToolTip(C.METHOD_SUMMARIES[method])
+            button.setToolTip(f"method: {C.METHOD_SUMMARIES[method]}")
             self.method_group.addButton(button)
             self.method_buttons[method] = button
-            row.addWidget(button)
+            methods.addWidget(button)
             button.toggled.connect(self._on_edit)
-        row.addStretch(1)
-        self.layout_.addWidget(method_box)
+        methods.addStretch(1)
+        form.addRow("Method", methods)
+        for section, name, label in ESSENTIALS:
+            editor = self._editor(section, _field(section, name))
+            self.editors[(section, name)] = editor
+            if (section, name) == ("output", "dir"):
+                self.runs_dir_button = QPushButton("Choose…")
+                theme.set_icon(self.runs_dir_button, "mdi6.folder-open-outline")
+                self.runs_dir_button.setToolTip("Choose the folder new runs are saved in")
+                self.runs_dir_button.clicked.connect(self._choose_runs_dir)
+                row = QHBoxLayout()
+                row.addWidget(editor, 1)
+                row.addWidget(self.runs_dir_button)
+                form.addRow(label, row)
+            else:
+                editor.setMaximumWidth(160)
+                form.addRow(label, editor)
+        steps = self.editors[("train", "max_steps")]
+        assert isinstance(steps, QSpinBox)
+        steps.setSpecialValueText("by epochs")  # 0 steps: train.epochs decides (Advanced)
+        return essentials
 
+    def _add_presets_row(self) -> None:
         presets = QHBoxLayout()
         presets.addWidget(QLabel("Presets:"))
         for name in PRESETS:
@@ -160,13 +214,33 @@ class SettingsPage(Page):
         presets.addStretch(1)
         self.yaml_button = QPushButton("Show YAML")
         self.copy_button = QPushButton("Copy CLI command")
+        theme.set_icon(self.yaml_button, "mdi6.code-braces")
+        theme.set_icon(self.copy_button, "mdi6.content-copy")
         self.yaml_button.clicked.connect(self.show_yaml)
         self.copy_button.clicked.connect(self.copy_command)
         presets.addWidget(self.yaml_button)
         presets.addWidget(self.copy_button)
         self.layout_.addLayout(presets)
 
-        grid = QHBoxLayout()
+    def _add_advanced(self) -> None:
+        """Every other field, grouped in two columns behind a toggle remembered across
+        launches."""
+        self.advanced_button = QToolButton()
+        self.advanced_button.setObjectName("advancedToggle")
+        self.advanced_button.setText(
+            "Advanced: LoRA, 4-bit base, optimizer, memory, batching, logging"
+        )
+        self.advanced_button.setCheckable(True)
+        self.advanced_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.advanced_button.setAutoRaise(True)
+        self.advanced_button.toggled.connect(self._show_advanced)
+        self.layout_.addWidget(self.advanced_button)
+
+        self.advanced = QWidget()
+        self.advanced.setObjectName("advancedSettings")
+        grid = QHBoxLayout(self.advanced)
+        grid.setContentsMargins(0, 0, 0, 0)
         left, right = QVBoxLayout(), QVBoxLayout()
         self.groups: dict[str, QGroupBox] = {}
         for i, (section, label, names) in enumerate(SECTIONS):
@@ -182,11 +256,10 @@ class SettingsPage(Page):
         right.addStretch(1)
         grid.addLayout(left, 1)
         grid.addLayout(right, 1)
-        self.layout_.addLayout(grid)
-        self.message = QLabel("")
-        self.message.setWordWrap(True)
-        self.layout_.addWidget(self.message)
-        self.layout_.addStretch(1)
+        self.layout_.addWidget(self.advanced)
+        opened = self.state.settings.value(ADVANCED_OPEN_KEY, False, type=bool)
+        self.advanced_button.setChecked(bool(opened))
+        self._show_advanced(bool(opened))
 
     # ---- editors ------------------------------------------------------------------------
     def _editor(self, section: str, f: dataclasses.Field) -> QWidget:
@@ -259,6 +332,7 @@ class SettingsPage(Page):
         """Enable what ``method`` uses: the LoRA group but for full fine-tuning, the 4-bit
         knobs for QLoRA only; compute_dtype always (for LoRA it is the base's dtype)."""
         self.groups["lora"].setEnabled(method != "full")
+        self.editors[("lora", "r")].setEnabled(method != "full")
         for name in FOUR_BIT_FIELDS:
             self.editors[("quant", name)].setEnabled(method == "qlora")
         compute = self.editors[("quant", "compute_dtype")]
@@ -284,9 +358,38 @@ class SettingsPage(Page):
             return
         self._enable_for(self.current_method())
         problem = self.validation_error()
-        self.message.setText(f"<span style='color:#b00020'>{problem}</span>" if problem else "")
+        self.message.setText(
+            f"<span style='color:{ERROR_COLOUR}'>{problem}</span>" if problem else ""
+        )
         if not problem:
+            self._remember_runs_dir()
             self.changed.emit()
+
+    def _remember_runs_dir(self) -> None:
+        """A runs folder typed or chosen here becomes the app's runs folder (next launches and
+        configs that leave output.dir at its default use it too)."""
+        text = self._read("output", "dir")
+        if isinstance(text, str) and text and Path(text).expanduser().is_absolute():
+            if Path(text).expanduser() != self.state.runs_dir():
+                self.state.set_runs_dir(text)
+
+    def _choose_runs_dir(self) -> None:
+        start = self._read("output", "dir") or str(self.state.runs_dir())
+        folder = QFileDialog.getExistingDirectory(self, "Save runs in", start)
+        if folder:
+            self.set_runs_dir(folder)
+
+    def set_runs_dir(self, folder: str | Path) -> None:
+        """Save new runs in ``folder`` (what "Choose…" does once a folder is picked)."""
+        self._write("output", "dir", str(Path(folder).expanduser()))
+        self._on_edit()
+
+    def _show_advanced(self, shown: bool) -> None:
+        self.advanced.setVisible(shown)
+        self.advanced_button.setArrowType(
+            Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow
+        )
+        self.state.settings.setValue(ADVANCED_OPEN_KEY, shown)
 
     # ---- actions --------------------------------------------------------------------------
     def apply_preset(self, name: str) -> None:

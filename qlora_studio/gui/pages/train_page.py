@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 from qlora_studio.gui.pages.base import Page
 
 LOG_LINES = 2000
+LOG_FLUSH_MS = 100  # log lines arrive in bursts: one append (one layout pass) per interval
 RUN_CONFIG = "gui-run.yaml"  # in user_data/configs: the config of the latest Start
 SLOT = "training"
 
@@ -86,6 +87,11 @@ class TrainPage(Page):
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(LOG_LINES)
         self.log.setPlaceholderText("The training log appears here.")
+        self._pending_log: list[str] = []
+        self._log_timer = QTimer(self)
+        self._log_timer.setSingleShot(True)
+        self._log_timer.setInterval(LOG_FLUSH_MS)
+        self._log_timer.timeout.connect(self.flush_log)
         vertical = QSplitter(Qt.Orientation.Vertical)
         vertical.addWidget(charts)
         vertical.addWidget(self.log)
@@ -133,7 +139,7 @@ class TrainPage(Page):
             return
         self.loss_chart.clear()
         self.memory_chart.clear()
-        self.log.clear()
+        self._clear_log()
         self._launch(ChildJob.train(self._config_path()))
 
     def resume(self) -> None:
@@ -149,7 +155,7 @@ class TrainPage(Page):
         if run_dir != self.run_dir:
             self.loss_chart.clear()
             self.memory_chart.clear()
-            self.log.clear()
+            self._clear_log()
             for step, loss in losses:
                 self.loss_chart.add_metrics({"step": step, "loss": loss})
         self.run_dir = run_dir
@@ -169,7 +175,7 @@ class TrainPage(Page):
         self.command.setText(f"<code>{job.display_command()}</code>")
         job.status.connect(self._on_status)
         job.event.connect(self._on_event)
-        job.log.connect(self.log.appendPlainText)
+        job.log.connect(self._append)
         job.progress.connect(self._on_progress)
         job.metrics.connect(self.loss_chart.add_metrics)
         job.memory.connect(self._on_memory)
@@ -186,7 +192,20 @@ class TrainPage(Page):
 
     # ---- job signals --------------------------------------------------------------------
     def _append(self, text: str) -> None:
-        self.log.appendPlainText(text)
+        self._pending_log.append(text)
+        if not self._log_timer.isActive():
+            self._log_timer.start()
+
+    def flush_log(self) -> None:
+        """Append the lines that arrived since the last flush, in one go."""
+        self._log_timer.stop()
+        if self._pending_log:
+            lines, self._pending_log = self._pending_log[-LOG_LINES:], []
+            self.log.appendPlainText("\n".join(lines))
+
+    def _clear_log(self) -> None:
+        self._pending_log.clear()
+        self.log.clear()
 
     def _on_status(self, message: str) -> None:
         self._append(f"• {message}")
@@ -202,6 +221,7 @@ class TrainPage(Page):
         self._append(f"checkpoint at step {event['step']}: {event['path']}")
 
     def _on_progress(self, event: dict) -> None:
+        self.state.set_run_progress(event["step"], event["total"])  # the sidebar's indicator
         self.progress.setFormat("step %v of %m")
         self.progress.setMaximum(max(event["total"], 1))
         self.progress.setValue(event["step"])
@@ -248,6 +268,7 @@ class TrainPage(Page):
         )
 
     def _on_finished(self) -> None:
+        self.flush_log()
         self.state.running = False
         if self._run_announced and self.run_dir is not None:
             self.state.set_run_finished(self.run_dir)
