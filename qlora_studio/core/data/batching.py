@@ -131,6 +131,8 @@ def padding_figures(
 class PaddingCollator:
     """Right-pads tokenized rows into a batch of torch LongTensors (labels padded with -100)."""
 
+    packed = False  # last_shape is rows x padded width
+
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
         if pad_token_id is None:
             raise ValueError("pad_token_id is None; set tokenizer.pad_token first")
@@ -179,6 +181,8 @@ class FlatteningCollator(PaddingCollator):
     because the masking utilities read packed rows from ``position_ids`` only when no cache is
     passed."""
 
+    packed = True  # last_shape is rows x the tokens of all of them
+
     def __init__(self, pad_token_id: int):
         super().__init__(pad_token_id)
         from transformers import DataCollatorWithFlattening
@@ -193,7 +197,7 @@ class FlatteningCollator(PaddingCollator):
             if row["labels"] is None:
                 row.pop("labels")
         batch = self._flatten(rows)
-        self._record((1, int(batch["input_ids"].shape[1])))
+        self._record((len(rows), int(batch["input_ids"].shape[1])))
         batch["use_cache"] = False
         return batch
 
@@ -226,6 +230,10 @@ class BatchCollator:
     @property
     def widest(self) -> int:
         return self.inner.widest
+
+    @property
+    def packed(self) -> bool:
+        return self.inner.packed
 
     def __call__(self, features: list[list[dict]]) -> dict:
         return self.inner([row for batch in features for row in batch])

@@ -38,13 +38,20 @@ def explain_out_of_memory(
     widest_before: int,
     checkpoint: Path | None,
     run_dir: Path | None,
+    packed: bool = False,
 ) -> TrainingError:
     """The message for an out-of-memory error at optimizer step ``step + 1`` whose batch was
-    ``batch_shape`` (rows x tokens): the term that grew with it, its estimated size, and the
-    change that keeps the effective batch."""
-    shape = f" on a batch of {batch_shape[0]} x {batch_shape[1]} tokens" if batch_shape else ""
+    ``batch_shape`` (rows x tokens per row, or rows x all their tokens when ``packed``): the
+    term that grew with it, its estimated size, and the change that keeps the effective
+    batch."""
+    shape = ""
+    if batch_shape and packed:  # padding-free: the rows are one sequence of their tokens
+        shape = f" on a packed batch of {batch_shape[0]} rows, {batch_shape[1]} tokens"
+    elif batch_shape:
+        shape = f" on a batch of {batch_shape[0]} x {batch_shape[1]} tokens"
     message = f"Out of memory at step {step + 1}{shape}"
-    grown = _grown_term(cfg, model_dir, device, batch_shape)
+    as_estimated = (1, batch_shape[1]) if batch_shape and packed else batch_shape
+    grown = _grown_term(cfg, model_dir, device, as_estimated)
     if grown:
         name, size = grown
         longer = (

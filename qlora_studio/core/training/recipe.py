@@ -47,6 +47,7 @@ from qlora_studio.core.training.out_of_memory import explain_out_of_memory, is_o
 
 if TYPE_CHECKING:
     from qlora_studio.core.data.prepare import PreparedDataset
+    from qlora_studio.core.library_logs import LibraryLogs
     from qlora_studio.core.history.recorder import RunRecorder
 
 OPTIMIZER_NAMES = {  # our names -> transformers' OptimizerNames
@@ -110,6 +111,7 @@ class FineTuneRecipe:
         self._planned = False  # batches planned up front: the Trainer takes one per item
         # the probe: train this many steps, each on the heaviest batch the data can make
         self.worst_case_steps = 0
+        self.library_logs: LibraryLogs | None = None  # routes warnings to debug.log meanwhile
 
     @property
     def run_dir(self) -> Path:
@@ -272,6 +274,7 @@ class FineTuneRecipe:
             step=step,
             batch_shape=collator.last_shape,
             widest_before=collator.widest,
+            packed=collator.packed,
             checkpoint=checkpoint,
             run_dir=self.run_dir,
         )
@@ -296,7 +299,7 @@ class FineTuneRecipe:
     def cleanup(self) -> None:
         self.model = None
         self.trainer = None
-        if getattr(self, "library_logs", None) is not None:
+        if self.library_logs is not None:
             self.library_logs.close()  # the libraries log to the console again
             self.library_logs = None
         if self.device == "cuda":
