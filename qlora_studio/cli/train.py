@@ -12,6 +12,7 @@ from qlora_studio.cli.common import (
     config_error_message,
     fail,
     listen_for_stop,
+    print_failure,
     reporter_for,
     run_until_stopped,
 )
@@ -83,7 +84,6 @@ def _train(cfg, reporter, cancel, run_dir: Path | None = None):
 
 def cmd_launch_script(args) -> int:
     """Print (or write) an sbatch script that trains ``args.config`` on several machines."""
-    from qlora_studio.cli.common import print_failure
     from qlora_studio.config import ConfigError, RunConfig
     from qlora_studio.core.errors import StudioError
     from qlora_studio.core.run_folder import write_text_atomic
@@ -131,8 +131,7 @@ class _ErrorsOnly:
 
     def emit(self, event: dict) -> None:
         if event.get("type") == "error":
-            hint = f" (hint: {event['hint']})" if event.get("hint") else ""
-            print(f"✗ rank {self.rank}: {event.get('message')}{hint}", file=sys.stderr)
+            print_failure(f"rank {self.rank}: {event.get('message')}", event.get("hint") or "")
 
 
 def _rank_exit(code: int) -> int:

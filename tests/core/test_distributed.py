@@ -209,29 +209,17 @@ def test_requests_that_cannot_run_are_refused_before_anything_starts(tiny_llama,
     assert error.value.field == "output.name"
 
 
+def launch_script(config: Path, *args) -> subprocess.CompletedProcess:
+    """`qlora-studio launch-script CONFIG --slurm ARGS`, run to its end."""
+    command = [sys.executable, "-m", "qlora_studio", "launch-script", config, "--slurm", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
 def test_the_slurm_script_runs_one_launcher_per_node(tiny_llama, tmp_path):
     config = config_file(tiny_llama, tmp_path, "cluster")
     script = tmp_path / "job.sh"
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qlora_studio",
-            "launch-script",
-            config,
-            "--slurm",
-            "--nodes",
-            "2",
-            "--gpus-per-node",
-            "4",
-            "--time",
-            "01:00:00",
-            "-o",
-            script,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    made = launch_script(
+        config, "--nodes", "2", "--gpus-per-node", "4", "--time", "01:00:00", "-o", script
     )
     assert made.returncode == 0, made.stderr
     text = script.read_text()
@@ -254,21 +242,5 @@ def test_the_slurm_script_runs_one_launcher_per_node(tiny_llama, tmp_path):
     cfg = RunConfig.load(config).with_overrides([f"{k}={v}" for k, v in sets.items()])
     assert cfg.distributed.world_size == 8
 
-    one_gpu = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qlora_studio",
-            "launch-script",
-            config,
-            "--slurm",
-            "--nodes",
-            "1",
-            "--gpus-per-node",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    one_gpu = launch_script(config, "--nodes", "1", "--gpus-per-node", "1")
     assert one_gpu.returncode == 1 and "single process" in one_gpu.stderr

@@ -14,6 +14,8 @@ up to the scalings handled here keeps the full-logits path, with a status line s
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,6 +240,20 @@ def _why_not_lean(hf, head: LogitHead) -> str | None:
     return None
 
 
+@contextmanager
+def modules_in_mode(model, *, training: bool) -> Iterator[None]:
+    """Every module of ``model`` in training (or eval) mode while inside, each module's own
+    mode restored afterwards: a check's forward passes leave the run as they found it."""
+    modes = {module: module.training for module in model.modules()}
+    for module in modes:
+        module.training = training
+    try:
+        yield
+    finally:
+        for module, was in modes.items():
+            module.training = was
+
+
 def _head_matches_forward(hf, head: LogitHead) -> bool:
     """Whether ``head.logits(lm_head, decoder(ids))`` equals the model's own logits on a few
     tokens: catches logit scalings of architectures this module does not know."""
@@ -247,20 +263,16 @@ def _head_matches_forward(hf, head: LogitHead) -> bool:
     # training mode and one seed for both passes: the same dropout masks, the global RNG
     # untouched, and no eval-mode forward (bitsandbytes repacks 4-bit CPU weights on one)
     cuda = [device.index or 0] if device.type == "cuda" else []
-    modes = {module: module.training for module in hf.modules()}
-    hf.train()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(0)
-            expected = hf(input_ids=ids).logits.float()
-            torch.manual_seed(0)
-            hidden = hf.get_decoder()(input_ids=ids).last_hidden_state
-            got = head.logits(hf.get_output_embeddings(), hidden).float()
+        with modules_in_mode(hf, training=True), torch.no_grad():
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(0)
+                expected = hf(input_ids=ids).logits.float()
+                torch.manual_seed(0)
+                hidden = hf.get_decoder()(input_ids=ids).last_hidden_state
+                got = head.logits(hf.get_output_embeddings(), hidden).float()
     except Exception:  # a forward that needs more than input ids: keep the standard path
         return False
-    finally:
-        for module, training in modes.items():
-            module.training = training
     if got.shape != expected.shape:
         return False
     scale = float(expected.abs().max()) or 1.0

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch  # only the training recipe imports this module, after torch is loaded
 
 from qlora_studio.config import Packing
-from qlora_studio.core.training.lean_loss import causal_lm
+from qlora_studio.core.training.lean_loss import causal_lm, modules_in_mode
 
 ROW_LENGTHS = (5, 7)  # two rows of different lengths: a shared position offset would show
 
@@ -68,11 +68,9 @@ def packing_leak(model) -> str | None:
     rows = [torch.randint(1, vocab, (n,), generator=generator).to(device) for n in ROW_LENGTHS]
     packed_ids = torch.cat(rows).unsqueeze(0)
     positions = torch.cat([torch.arange(n, device=device) for n in ROW_LENGTHS]).unsqueeze(0)
-    modes = {module: module.training for module in hf.modules()}
-    for module in hf.modules():  # no dropout: both passes must be deterministic
-        module.training = False
     try:
-        with torch.no_grad():
+        # no dropout: both passes must be deterministic
+        with modules_in_mode(hf, training=False), torch.no_grad():
             packed = decoder(
                 input_ids=packed_ids, position_ids=positions, use_cache=False
             ).last_hidden_state[0]
@@ -82,9 +80,6 @@ def packing_leak(model) -> str | None:
             ]
     except Exception as exc:  # a decoder that takes no position_ids, or needs a cache
         return f"{name} could not run a packed batch ({type(exc).__name__}: {exc})"
-    finally:
-        for module, training in modes.items():
-            module.training = training
     expected = torch.cat(alone).float()
     got = packed.float()
     if got.shape != expected.shape:

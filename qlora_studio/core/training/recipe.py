@@ -47,8 +47,8 @@ from qlora_studio.core.training.out_of_memory import explain_out_of_memory, is_o
 
 if TYPE_CHECKING:
     from qlora_studio.core.data.prepare import PreparedDataset
-    from qlora_studio.core.library_logs import LibraryLogs
     from qlora_studio.core.history.recorder import RunRecorder
+    from qlora_studio.core.library_logs import LibraryLogs
 
 OPTIMIZER_NAMES = {  # our names -> transformers' OptimizerNames
     "adamw_torch": "adamw_torch",
