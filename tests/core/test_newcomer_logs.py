@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qlora_studio.core.child import THREAD_VARIABLES, ChildProcess, usable_cores
+from qlora_studio.core.child import THREAD_VARIABLES, ChildProcess, _group_name, usable_cores
 from qlora_studio.core.events import CollectingReporter
 from qlora_studio.core.library_logs import DEBUG_LOG, NOTICES, LibraryLogs, route_library_logs
 
@@ -247,3 +247,13 @@ def test_a_background_child_runs_lower_on_one_core_fewer(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the user's own choice wins
     chosen = PriorityReportingChild(["train"], background=True).run()["threads"]
     assert chosen == {name: "7" if name == "OMP_NUM_THREADS" else None for name in chosen}
+
+
+def test_an_empty_or_missing_autogroup_file_reads_as_no_group(tmp_path):
+    # the CI machine's kernel has /proc/PID/autogroup but it reads empty: a run must still start
+    empty = tmp_path / "autogroup"
+    empty.write_text("")
+    assert _group_name(empty) == ""
+    assert _group_name(tmp_path / "missing") == ""
+    empty.write_text("/autogroup-210 nice 0\n")
+    assert _group_name(empty) == "/autogroup-210"
