@@ -34,8 +34,10 @@ LossImpl = Literal["auto", "chunked", "liger", "full_logits"]
 FullRecipe = Literal["lean", "mixed"]
 FitMode = Literal["off", "auto"]
 # none = one process; ddp = one process per device, each with the whole model, gradients
-# averaged (torch DistributedDataParallel through the Trainer, launched by torchrun)
-Strategy = Literal["none", "ddp"]
+# averaged (torch DistributedDataParallel through the Trainer, launched by torchrun); fsdp =
+# weights, gradients and optimizer states sharded across the GPUs (FSDP2 through accelerate);
+# deepspeed = ZeRO through the Trainer's DeepSpeed integration (only when it is installed)
+Strategy = Literal["none", "ddp", "fsdp", "deepspeed"]
 ExportFormat = Literal["adapter", "merged", "gguf-lora", "gguf"]
 GgufType = Literal["f16", "bf16", "q8_0", "q4_0"]  # what this app writes; K-quants need llama.cpp
 
@@ -244,7 +246,11 @@ class DataConfig:
 class LoraConfig:
     r: int = _help(16, "adapter rank; memory and capacity grow with it")
     alpha: int = _help(32, "scaling numerator (update is scaled by alpha/r); usually 2*r")
-    dropout: float = _help(0.05, "dropout on the adapter input")
+    dropout: float = _help(
+        0.0,
+        "dropout on the adapter input; 0 (as torchtune's QLoRA recipes) saves no copy of each "
+        "adapter's input for backward, > 0 keeps one per adapter plus its mask",
+    )
     target_modules: list[str] | str = _help(
         "all-linear", "'all-linear' or a list such as [q_proj, k_proj, v_proj, o_proj]"
     )
@@ -313,7 +319,9 @@ class TrainConfig:
         "batch's logits at once (more memory, for comparison)",
     )
     loss_chunk_tokens: int = _help(
-        1024, "trained tokens per lm_head chunk (chunked loss); the logits memory grows with it"
+        256,
+        "trained tokens per lm_head chunk (chunked loss); the logits memory grows with it "
+        "(about 8 B x chunk x vocabulary)",
     )
     full_recipe: FullRecipe = _help(
         "lean",
@@ -379,13 +387,42 @@ class DistributedConfig:
     strategy: Strategy = _help(
         "none",
         "none = one process; ddp = one process per GPU (or CPU process), each with the whole "
-        "model, gradients averaged; train.batch_size is per process",
+        "model, gradients averaged; fsdp = weights, gradients and optimizer states split across "
+        "the GPUs, so a model too big for one fits on several (GPUs only); deepspeed = ZeRO "
+        "stage 2 or 3 (when the deepspeed package is installed); train.batch_size is per process",
     )
     processes: int = _help(1, "processes on this machine (one per GPU); 1 = no launch")
     num_machines: int = _help(1, "machines taking part; each runs the same command")
     machine_rank: int = _help(0, "this machine's number, 0 .. num_machines - 1 (0 = main)")
     main_address: str = _help("127.0.0.1", "the main machine's address (several machines)")
     main_port: int = _help(29500, "a free TCP port on the main machine")
+    gpus: str = _help(
+        "all",
+        "which of this machine's GPUs to use: all, or NVML indices such as 0,1 "
+        "(CUDA_VISIBLE_DEVICES for the run)",
+    )
+    zero_stage: int = _help(
+        2, "deepspeed only: 2 = optimizer states and gradients split, 3 = the weights too"
+    )
+    config_file: str = _help(
+        "",
+        "deepspeed only: an existing DeepSpeed JSON config used as it is (zero_stage is then "
+        "ignored)",
+    )
+
+    @property
+    def shards_weights(self) -> bool:
+        """Whether the strategy splits the weights across GPUs (fsdp, ZeRO-3). Both shard only
+        floating-point parameters, so a QLoRA base then stores its packed 4-bit values in the
+        compute dtype (bitsandbytes' ``bnb_4bit_quant_storage``), as FSDP-QLoRA does."""
+        return self.strategy == "fsdp" or (self.strategy == "deepspeed" and self.zero_stage == 3)
+
+    @property
+    def gpu_indices(self) -> list[int] | None:
+        """The chosen NVML indices, or None for all."""
+        if self.gpus.strip() == "all":
+            return None
+        return [int(part) for part in self.gpus.split(",")]
 
     @property
     def world_size(self) -> int:
@@ -407,6 +444,11 @@ class DistributedConfig:
             raise ConfigError("distributed.main_port", f"{self.main_port!r} is not a TCP port")
         if not isinstance(self.main_address, str) or not self.main_address.strip():
             raise ConfigError("distributed.main_address", "is empty", "e.g. 10.0.0.1")
+        self._validate_gpus()
+        if self.zero_stage not in (2, 3):
+            raise ConfigError("distributed.zero_stage", f"{self.zero_stage!r} must be 2 or 3")
+        if not isinstance(self.config_file, str):
+            raise ConfigError("distributed.config_file", f"{self.config_file!r} must be a path")
         if (
             self.strategy == "none"
             and self.world_size == 1
@@ -418,11 +460,34 @@ class DistributedConfig:
                 "were asked for",
                 "set distributed.strategy: ddp, or processes: 1",
             )
+        indices = self.gpu_indices
+        if indices is not None and self.strategy != "none" and self.processes > len(indices):
+            raise ConfigError(
+                "distributed.gpus",
+                f"lists {len(indices)} GPU(s) for {self.processes} processes",
+                f"list {self.processes} GPUs (e.g. {','.join(map(str, range(self.processes)))}), "
+                "or set it to all",
+            )
         if self.strategy != "none" and self.world_size < 2:
             raise ConfigError(
                 "distributed.processes",
                 f"{self.strategy} needs at least 2 processes in all, got {self.world_size}",
                 "set distributed.processes: 2 (or more), or strategy: none",
+            )
+
+    def _validate_gpus(self) -> None:
+        text = self.gpus
+        ok = isinstance(text, str) and (
+            text.strip() == "all" or all(part.strip().isdigit() for part in text.split(","))
+        )
+        if ok and text.strip() != "all":
+            parts = [int(part) for part in text.split(",")]
+            ok = len(set(parts)) == len(parts)
+        if not ok:
+            raise ConfigError(
+                "distributed.gpus",
+                f"{text!r} must be all or distinct GPU indices separated by commas",
+                "e.g. all, 0 or 0,1",
             )
 
 

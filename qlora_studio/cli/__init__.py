@@ -131,6 +131,13 @@ def _build_parser() -> argparse.ArgumentParser:
     est.add_argument("--batch-size", type=int, help="examples per step")
     est.add_argument("--seq-len", type=int, help="tokens per example (the longest batch)")
     est.add_argument(
+        "--strategy",
+        choices=["none", "ddp", "fsdp"],
+        help="several GPUs: each GPU's share with ddp (all replicated) or fsdp (sharded); "
+        "default: the config's distributed.strategy",
+    )
+    est.add_argument("--gpus", type=int, help="GPUs training together (default: the config's)")
+    est.add_argument(
         "--gpu",
         default="auto",
         help="'auto' (NVML), a card such as 'RTX 4090', a size such as 24GB, or cpu",

@@ -78,6 +78,7 @@ def run_estimate(args) -> int:
     from qlora_studio.core.fit import judge, system_ram_needed
     from qlora_studio.core.memory import estimate_memory
     from qlora_studio.core.memory_settings import Settings
+    from qlora_studio.core.memory_shards import gpus_needed, per_gpu_estimate
     from qlora_studio.core.models.inspect import inspect_model
 
     try:
@@ -99,6 +100,10 @@ def run_estimate(args) -> int:
     if args.seq_len:
         settings.seq_len = args.seq_len
     methods = list(METHODS) if args.method == "all" else [args.method]
+    strategy = getattr(args, "strategy", None) or cfg.distributed.strategy
+    if strategy == "deepspeed":  # ZeRO-3 splits like fsdp, ZeRO-2 keeps every weight
+        strategy = "fsdp" if cfg.distributed.zero_stage == 3 else "ddp"
+    gpus = getattr(args, "gpus", None) or cfg.distributed.world_size
     report: dict[str, Any] = {
         "model": info.to_dict() | {"linear_layers": None},
         "settings": settings.__dict__,
@@ -118,6 +123,11 @@ def run_estimate(args) -> int:
         }
         if available:
             entry["verdict"] = judge(estimate, info, settings, available).to_dict()
+        if strategy != "none" and gpus > 1:
+            share = per_gpu_estimate(info, settings, method, strategy, gpus)
+            entry["per_gpu"] = {"strategy": strategy, "gpus": gpus, "estimate": share.to_dict()}
+        if available and device == "cuda":
+            entry["gpus_needed"] = gpus_needed(info, settings, method, available)
         if cfg.train.fit == "auto":
             entry["auto_fit"] = _auto_fit(info, cfg, method, settings, device, available, bf16)
         report["methods"][method] = entry
@@ -181,6 +191,18 @@ def _print_report(info, settings, report: dict[str, Any]) -> None:
             )
             for advice in verdict["advice"]:
                 print(f"    - {advice}")
+        needed = entry.get("gpus_needed", 1)
+        if needed is None:
+            print("  several GPUs: does not fit even 8 of these GPUs with fsdp")
+        elif needed > 1:
+            print(f"  several GPUs: needs {needed} of these GPUs with fsdp (--strategy fsdp)")
+        share = entry.get("per_gpu")
+        if share:
+            each = share["estimate"]
+            print(f"  each of {share['gpus']} GPUs with {share['strategy']}:")
+            for term in each["terms"]:
+                print(f"    {term['name']:<30} {format_gb(term['bytes']):>10}")
+            print(f"    {'total per GPU':<30} {format_gb(each['total_bytes']):>10}")
         for term in entry["estimate"]["cpu_terms"]:
             print(f"  in CPU RAM: {term['name']} {format_gb(term['bytes'])}, {term['detail']}")
         fit = entry.get("auto_fit")

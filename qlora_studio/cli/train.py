@@ -20,7 +20,7 @@ from qlora_studio.cli.common import (
 
 def cmd_train(args) -> int:
     from qlora_studio.config import ConfigError, RunConfig
-    from qlora_studio.core.training.distributed import RUN_DIR_ENV, needs_launch
+    from qlora_studio.core.training.distributed import RUN_DIR_ENV, needs_launch, visible_gpus
 
     reporter = rank_reporter(args.events)
     try:
@@ -35,6 +35,8 @@ def cmd_train(args) -> int:
         rank_args = ["train", str(Path(args.config).resolve()), *_set_args(args)]
         return launch_ranks(cfg, rank_args, reporter, args.events, run_dir=None)
     run_dir = os.environ.get(RUN_DIR_ENV)  # a rank of a launch: the launcher made the folder
+    if run_dir is None:  # one process: keep it to the chosen GPU before CUDA starts
+        os.environ.update(visible_gpus(cfg))
     return _rank_exit(
         run_until_stopped(
             lambda cancel: _train(cfg, reporter, cancel, Path(run_dir) if run_dir else None),
@@ -46,7 +48,7 @@ def cmd_train(args) -> int:
 def cmd_resume(args) -> int:
     from qlora_studio.config import ConfigError, RunConfig
     from qlora_studio.core.run_folder import CONFIG_FILE
-    from qlora_studio.core.training.distributed import needs_launch
+    from qlora_studio.core.training.distributed import RUN_DIR_ENV, needs_launch, visible_gpus
 
     reporter = rank_reporter(args.events)
     config_path = Path(args.run_dir) / CONFIG_FILE
@@ -58,6 +60,8 @@ def cmd_resume(args) -> int:
         if cfg is not None and needs_launch(cfg):
             rank_args = ["resume", str(Path(args.run_dir).resolve()), *_set_args(args)]
             return launch_ranks(cfg, rank_args, reporter, args.events, run_dir=Path(args.run_dir))
+        if cfg is not None and RUN_DIR_ENV not in os.environ:
+            os.environ.update(visible_gpus(cfg))  # one process: the chosen GPU
 
     def work(cancel):
         from qlora_studio.core.errors import TrainingError
@@ -166,6 +170,7 @@ def launch_ranks(cfg, rank_args: list[str], reporter, events: str, run_dir: Path
         clear_stop,
         request_stop,
         torchrun_command,
+        visible_gpus,
     )
 
     try:
@@ -183,7 +188,7 @@ def launch_ranks(cfg, rank_args: list[str], reporter, events: str, run_dir: Path
             run_dir=str(folder),
         )
     )
-    env = {**os.environ, RUN_DIR_ENV: str(folder)}
+    env = {**os.environ, RUN_DIR_ENV: str(folder), **visible_gpus(cfg)}
     command = torchrun_command(cfg, [*rank_args, "--events", events])
     cancel = threading.Event()
     listen_for_stop(cancel)

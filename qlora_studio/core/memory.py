@@ -145,18 +145,18 @@ def _per_layer(info: ModelInfo, value: float) -> float:
     return value / max(info.num_layers, 1)
 
 
-def _trainable_linear_inputs(info: ModelInfo, autocast: bool) -> float:
-    """Values per token per layer that full fine-tuning saves as linear inputs (to compute the
-    weight gradients). Under autocast each linear casts and saves its own 16-bit copy;
-    without it, q/k/v (and gate/up) save their shared input once."""
-    if autocast:
-        return _per_layer(info, sum(g.in_features * g.count for g in info.linear_layers))
+def _saved_linear_inputs(info: ModelInfo, groups: list[LinearLayer], copies: bool) -> float:
+    """Values per token per layer that ``groups`` save as their inputs (to compute their weight
+    gradients). With ``copies`` each linear saves a copy of its own (autocast's cast, LoRA
+    dropout's output); without, q/k/v (and gate/up) save the one tensor they share once."""
+    if copies:
+        return _per_layer(info, sum(g.in_features * g.count for g in groups))
     total = 0.0
-    for group in info.linear_layers:
+    for group in groups:
         if not any(group.name in shared for shared in _SHARED_INPUTS):
             total += group.in_features * group.count
     for shared in _SHARED_INPUTS:
-        members = [g.in_features * g.count for g in info.linear_layers if g.name in shared]
+        members = [g.in_features * g.count for g in groups if g.name in shared]
         total += max(members, default=0)
     return _per_layer(info, total)
 
@@ -171,9 +171,12 @@ def _layer_bytes_per_token(info: ModelInfo, settings: Settings, method: Method) 
     - MLP: a gated (SwiGLU/GeGLU) MLP keeps the gate output, its activation and the up output
       (3 * I); a plain one keeps the fc1 output (I);
     - full only: the inputs of every trainable linear (o_proj and down_proj included);
-    - LoRA / QLoRA only, per targeted module: the adapter's input copy (peft casts it to the
-      fp32 adapter dtype, or autocast to 16-bit), the dropout mask (1 B per value when
-      dropout > 0) and the r-dim output of A; DoRA also keeps an out-sized result.
+    - LoRA / QLoRA only: the input of each targeted module's A, and the r-dim output of A;
+      DoRA also keeps an out-sized result. With dropout > 0 every module saves its own dropout
+      output and a 1 B mask per value; with dropout 0 peft's dropout is the identity and the
+      input arrives in the adapter's dtype already (16-bit stream under autocast, fp32 on the
+      CPU), so A saves the tensor itself: modules that share an input (q/k/v, gate/up) save
+      it once between them.
     """
     p = precision(settings, method)
     h = info.hidden_size
@@ -184,11 +187,13 @@ def _layer_bytes_per_token(info: ModelInfo, settings: Settings, method: Method) 
     mlp = (3 if gated else 1) * info.intermediate_size * p.act
     extra = 0.0
     if method == "full":
-        extra = _trainable_linear_inputs(info, p.autocast) * p.act
+        extra = _saved_linear_inputs(info, info.linear_layers, p.autocast) * p.act
     else:
-        mask = 1 if settings.lora_dropout > 0 else 0
-        for g in targeted_layers(info, settings.lora_targets):
-            per_module = p.adapter * (g.in_features + settings.lora_r) + mask * g.in_features
+        targeted = targeted_layers(info, settings.lora_targets)
+        dropout = settings.lora_dropout > 0
+        extra = _saved_linear_inputs(info, targeted, copies=dropout) * (p.adapter + dropout)
+        for g in targeted:
+            per_module = p.adapter * settings.lora_r
             if settings.use_dora:
                 per_module += p.adapter * g.out_features
             extra += _per_layer(info, per_module * g.count)

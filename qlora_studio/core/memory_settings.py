@@ -48,9 +48,9 @@ class Settings:
     gradient_checkpointing: bool = True
     device: str = "cuda"  # "cuda" or "cpu"
     use_dora: bool = False
-    lora_dropout: float = 0.05  # > 0 adds a dropout copy of each adapter input
+    lora_dropout: float = 0.0  # > 0 adds a dropout copy of each adapter input
     loss_impl: LossImpl = "auto"  # train.loss_impl
-    loss_chunk_tokens: int = 1024  # trained tokens per lm_head chunk (chunked loss)
+    loss_chunk_tokens: int = 256  # trained tokens per lm_head chunk (chunked loss)
     full_recipe: FullRecipe = "lean"  # lean (step in backward) | mixed (train.full_recipe)
     # data.packing: a padding-free batch is one sequence of its rows' tokens (auto is priced as
     # padding_free, the larger attention mask); data.max_tokens_per_batch caps packed batches

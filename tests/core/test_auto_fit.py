@@ -43,11 +43,11 @@ def test_qlora_8b_on_a_11gb_card_keeps_the_effective_batch(llama8b):
     cfg, budget = config(batch=8), 0.9 * 11 * GB
     choice = auto_fit(llama8b, cfg, 11 * GB)
     assert isinstance(choice, FitChoice) and choice.fits and choice.changed
-    assert (choice.batch_size, choice.grad_accum, choice.gradient_checkpointing) == (1, 8, True)
-    assert choice.needed_bytes == needs(llama8b, cfg, 1, True) <= budget
-    assert needs(llama8b, cfg, 2, True) > budget  # the largest micro-batch that fits
+    assert (choice.batch_size, choice.grad_accum, choice.gradient_checkpointing) == (2, 4, True)
+    assert choice.needed_bytes == needs(llama8b, cfg, 2, True) <= budget
+    assert needs(llama8b, cfg, 4, True) > budget  # the largest micro-batch that fits
     assert needs(llama8b, cfg, 1, False) > budget  # why checkpointing stays on
-    assert choice.reason.startswith("micro-batch 1 x grad_accum 8 keeps the effective batch of 8")
+    assert choice.reason.startswith("micro-batch 2 x grad_accum 4 keeps the effective batch of 8")
     assert "gradient checkpointing on (without it even micro-batch 1 needs ~" in choice.reason
     assert choice.available_bytes == 11 * GB and choice.hint == ""
 
@@ -67,7 +67,7 @@ def test_micro_batches_divide_the_effective_batch(llama8b):
     for gigabytes in (12, 16, 24, 48, 80):
         choice = auto_fit(llama8b, cfg, gigabytes * GB)
         assert choice.fits and choice.batch_size * choice.grad_accum == 6, gigabytes
-    already = auto_fit(llama8b, config(batch=1, accum=8, gradient_checkpointing=True), 11 * GB)
+    already = auto_fit(llama8b, config(batch=1, accum=8, gradient_checkpointing=True), 10 * GB)
     assert not already.changed and "the config had" not in already.reason
 
 
@@ -133,9 +133,9 @@ def test_fit_auto_returns_a_fitted_copy(llama8b):
     fitted, message = fit_config(llama8b, cfg, 11 * GB)
     assert fitted is not cfg and cfg.train.batch_size == 8  # the caller's config is untouched
     train = fitted.train
-    assert (train.batch_size, train.grad_accum, train.gradient_checkpointing) == (1, 8, True)
+    assert (train.batch_size, train.grad_accum, train.gradient_checkpointing) == (2, 4, True)
     assert train.fit == "auto" and fitted.method == "qlora"
-    assert message.startswith("Auto-fit: micro-batch 1 x grad_accum 8")
+    assert message.startswith("Auto-fit: micro-batch 2 x grad_accum 4")
     with pytest.raises(TrainingError, match="Auto-fit: QLoRA does not fit") as refused:
         fit_config(llama8b, cfg, 6 * GB)
     assert refused.value.hint

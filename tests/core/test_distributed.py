@@ -5,6 +5,7 @@ are refused before anything starts; a rank that dies ends the whole run."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -24,7 +25,7 @@ from test_training import make_config
 from qlora_studio.config import ConfigError, RunConfig
 from qlora_studio.core.errors import TrainingError
 from qlora_studio.core.run_folder import ADAPTER, CHECKPOINTS, EVENTS_FILE
-from qlora_studio.core.training.distributed import check_launch
+from qlora_studio.core.training.distributed import check_launch, sharding_arguments, visible_gpus
 
 ROWS = [  # four different rows: one global batch of 4 is the whole epoch
     ("Convert to ISO date: 3 March 2021", "2021-03-03"),
@@ -244,3 +245,74 @@ def test_the_slurm_script_runs_one_launcher_per_node(tiny_llama, tmp_path):
 
     one_gpu = launch_script(config, "--nodes", "1", "--gpus-per-node", "1")
     assert one_gpu.returncode == 1 and "single process" in one_gpu.stderr
+
+
+def test_sharding_strategies_and_gpu_choices_are_refused_where_they_cannot_run(
+    tiny_llama, tmp_path
+):
+    cfg = RunConfig.load(config_file(tiny_llama, tmp_path, "sharded"))
+    cfg.distributed.strategy, cfg.distributed.processes = "fsdp", 2
+    cfg.validate()
+    with pytest.raises(TrainingError, match="GPUs only") as error:
+        check_launch(cfg, "cpu", gpu_count=0)
+    assert "strategy: ddp" in error.value.hint
+    check_launch(cfg, "cuda", gpu_count=2)
+    cfg.distributed.gpus = "0,3"
+    cfg.validate()
+    with pytest.raises(TrainingError, match="lists GPU 3, but this machine has 2"):
+        check_launch(cfg, "cuda", gpu_count=2)
+    assert visible_gpus(cfg) == {"CUDA_VISIBLE_DEVICES": "0,3"}
+    cfg.distributed.gpus = "all"
+    assert visible_gpus(cfg) == {}
+    for bad, field in (("0,0", "distributed.gpus"), ("1", "distributed.gpus"), ("a", None)):
+        cfg.distributed.gpus = bad
+        with pytest.raises(ConfigError) as config_error:
+            cfg.validate()
+        assert config_error.value.field == (field or "distributed.gpus")
+    cfg.distributed.gpus = "all"
+    cfg.distributed.strategy = "deepspeed"
+    if importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(TrainingError, match="deepspeed package is not installed"):
+            check_launch(cfg, "cuda", gpu_count=2)
+    cfg.distributed.zero_stage = 1
+    with pytest.raises(ConfigError) as config_error:
+        cfg.validate()
+    assert config_error.value.field == "distributed.zero_stage"
+
+
+def test_fsdp_and_zero_become_trainer_arguments_and_shardable_4bit_storage(tiny_llama, tmp_path):
+    from transformers import TrainingArguments
+
+    from qlora_studio.core.models.loading import load_causal_lm
+
+    cfg = RunConfig.load(config_file(tiny_llama, tmp_path, "fsdp"))
+    cfg.method = "qlora"
+    cfg.distributed.strategy, cfg.distributed.processes = "fsdp", 2
+    cfg.validate()
+    assert cfg.distributed.shards_weights
+    arguments = sharding_arguments(cfg, ["LlamaDecoderLayer"], checkpointing=True)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, **arguments)
+    plugin = args.fsdp_plugin_args  # what accelerate's FSDP plugin is built from
+    assert plugin["fsdp_version"] == 2 and plugin["reshard_after_forward"] is True
+    assert plugin["transformer_cls_names_to_wrap"] == "LlamaDecoderLayer"
+    assert plugin["activation_checkpointing"] is True  # FSDP's, in place of the model's
+    cfg.distributed.strategy, cfg.distributed.zero_stage = "deepspeed", 3
+    zero = sharding_arguments(cfg, [], checkpointing=False)["deepspeed"]
+    assert zero["zero_optimization"]["stage"] == 3 and cfg.distributed.shards_weights
+    cfg.distributed.zero_stage = 2
+    assert not cfg.distributed.shards_weights
+    assert sharding_arguments(cfg, [], False)["deepspeed"]["zero_optimization"]["stage"] == 2
+
+    # FSDP shards floating-point tensors only: the packed 4-bit weights are stored in the
+    # compute dtype (fp32 on the CPU) instead of uint8, and still train
+    cfg.distributed.strategy = "fsdp"
+    model = load_causal_lm(tiny_llama, cfg, "cpu", purpose="train")
+    packed = [m.weight for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    assert packed and {w.dtype for w in packed} == {torch.float32}
+    ids = torch.tensor([[1, 5, 9, 13]])
+    model(input_ids=ids, labels=ids).loss.backward()  # dequantizes from the float storage
+    cfg.distributed.strategy = "ddp"
+    plain = load_causal_lm(tiny_llama, cfg, "cpu", purpose="train")
+    assert {m.weight.dtype for m in plain.modules() if type(m).__name__ == "Linear4bit"} == {
+        torch.uint8
+    }

@@ -70,7 +70,7 @@ def test_llama31_8b_at_torchtunes_settings_pins_the_totals(llama_8b_config_only)
     assert result.returncode == 0, result.stderr
     methods = json.loads(result.stdout)["methods"]
     totals = {m: round(e["estimate"]["total_bytes"] / 2**30, 2) for m, e in methods.items()}
-    assert totals == {"full": 22.55, "lora": 20.72, "qlora": 10.35}
+    assert totals == {"full": 21.74, "lora": 19.65, "qlora": 9.28}
     in_ram = {m: sum(t["bytes"] for t in e["estimate"]["cpu_terms"]) for m, e in methods.items()}
     assert round(in_ram["full"] / 2**30, 2) == 14.96  # paged 8-bit Adam states, CPU RAM
     assert {m: e["verdict"]["status"] for m, e in methods.items()} == {
@@ -79,7 +79,7 @@ def test_llama31_8b_at_torchtunes_settings_pins_the_totals(llama_8b_config_only)
         "qlora": "fits",
     }
     loss = next(t for t in methods["qlora"]["estimate"]["terms"] if t["name"] == "logits and loss")
-    assert loss["detail"].startswith("chunked: 1,024 trained tokens x V=128,256")
+    assert loss["detail"].startswith("chunked: 256 trained tokens x V=128,256")
 
 
 def test_auto_fit_choice_is_printed_when_the_config_asks(llama_8b_config_only, tmp_path):
@@ -91,7 +91,7 @@ def test_auto_fit_choice_is_printed_when_the_config_asks(llama_8b_config_only, t
     result = estimate(llama_8b_config_only, "--config", config, "--gpu", "11GB")
     assert result.returncode == 0, result.stderr
     assert (
-        "auto-fit (train.fit: auto): micro-batch 1 x grad_accum 8 keeps the effective batch of 8"
+        "auto-fit (train.fit: auto): micro-batch 2 x grad_accum 4 keeps the effective batch of 8"
     ) in result.stdout
     assert "Full fine-tuning does not fit 11.0 GB" in result.stdout and "to fit: " in result.stdout
     result = estimate(llama_8b_config_only, "--config", config, "--gpu", "cpu", "--json")
@@ -151,3 +151,16 @@ def test_demo_qlora_estimate_within_25_percent_of_the_cpu_probe(repo_root):
     assert probe["device"] == "cpu" and probe["steps"] == 2
     assert probe["peak_bytes"] > 1e9
     assert abs(probe["error_pct"]) <= 25, probe
+
+
+def test_each_gpus_share_with_fsdp_and_how_many_gpus_a_run_needs(llama_8b_config_only):
+    common = ("--method", "lora", "--batch-size", "2", "--seq-len", "2048", "--gpu", "16GB")
+    result = estimate(llama_8b_config_only, *common, "--strategy", "fsdp", "--gpus", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    lora = json.loads(result.stdout)["methods"]["lora"]
+    share = lora["per_gpu"]
+    assert share["strategy"] == "fsdp" and share["gpus"] == 2
+    assert share["estimate"]["total_bytes"] < lora["estimate"]["total_bytes"]
+    assert lora["verdict"]["status"] == "does not fit" and lora["gpus_needed"] == 2
+    text = estimate(llama_8b_config_only, *common).stdout
+    assert "needs 2 of these GPUs with fsdp" in text

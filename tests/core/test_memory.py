@@ -90,9 +90,9 @@ def test_qlora_terms_match_hand_arithmetic(llama8b):
     assert [(t.name, t.bytes) for t in e.cpu_terms] == [
         ("optimizer states (paged)", 2 * PAGED_LORA_8B)
     ]
-    # chunked loss: 1,024 of the 2,048 tokens at a time, bf16 logits + fp32 log-softmax + its
-    # gradient; + the trained hidden states and their gradient in bf16
-    assert _bytes(e, "logits and loss") == 1024 * V * 8 + 2 * 2048 * H * 2
+    # chunked loss: 256 of the 2,048 tokens at a time, fp32 logits + logsumexp's temporary;
+    # + the trained hidden states and their gradient in bf16
+    assert _bytes(e, "logits and loss") == 256 * V * 8 + 2 * 2048 * H * 2
     # largest linear (gate/up 14336x4096) in bf16 + a 2048-token grad-input of 14336
     assert _bytes(e, "dequantization transient") == 14336 * 4096 * 2 + 2048 * 14336 * 2
     assert _bytes(e, "CUDA context") == 400 * MB
@@ -165,14 +165,14 @@ def test_loss_term_follows_train_loss_impl(llama8b):
     hidden = 2 * tokens * H * 2
     # auto: the chunked figure, fp32 logits (turned into their gradient in place) + logsumexp's
     # temporary
-    assert loss() == 1024 * V * 8 + hidden
-    assert loss(loss_impl="chunked", loss_chunk_tokens=256) == 256 * V * 8 + hidden
+    assert loss() == 256 * V * 8 + hidden
+    assert loss(loss_impl="chunked", loss_chunk_tokens=1024) == 1024 * V * 8 + hidden
     assert loss(loss_impl="full_logits") == tokens * V * 10
     # liger: chunks of next_pow2(ceil(b*s / ceil(V / h))) = 128 tokens, bf16 logits
     assert loss(loss_impl="liger") == 128 * V * 2 + hidden
     cpu = dataclasses.replace(s, device="cpu", compute_dtype="auto", loss_impl="liger")
     e = memory.estimate_memory(llama8b, cpu, "qlora")  # no liger on the CPU: chunked, fp32
-    assert _bytes(e, "logits and loss") == 1024 * V * 8 + 2 * tokens * H * 4
+    assert _bytes(e, "logits and loss") == 256 * V * 8 + 2 * tokens * H * 4
     assert _bytes(e, "16-bit layers") == 4 * (PARAMS_8B - LINEAR_8B)  # the CPU computes fp32
 
 
@@ -181,7 +181,7 @@ def test_llama31_8b_at_torchtunes_settings(llama8b):
     README sets next to torchtune's measured 7.4 / 16.2 / 18.9 GiB on an RTX 4090."""
     s = Settings(batch_size=2, seq_len=2048, lora_r=16)
     totals = {m: round(e.total_bytes / GB, 2) for m, e in memory.estimate_all(llama8b, s).items()}
-    assert totals == {"qlora": 10.33, "lora": 20.7, "full": 22.52}
+    assert totals == {"qlora": 9.25, "lora": 19.62, "full": 21.72}
     assert totals["full"] <= 24  # the paged optimizer states are in CPU RAM
     full = memory.estimate_memory(llama8b, s, "full")
     assert round(full.cpu_terms[0].bytes / GB, 2) == 14.96
@@ -193,15 +193,22 @@ def test_llama31_8b_at_torchtunes_settings(llama8b):
 
 
 def test_activations_match_hand_arithmetic(llama8b):
-    s = Settings(batch_size=4, seq_len=512, lora_r=16)  # bf16, checkpointing, dropout 0.05
+    s = Settings(batch_size=4, seq_len=512, lora_r=16, lora_dropout=0.05)  # bf16, checkpointing
     e = memory.estimate_memory(llama8b, s, "lora")
     norms = 2 * 4 * H  # two RMSNorms keep their fp32 input
     attention = 4 * H * 2 + 4 * 32  # q, k, v (repeated to 32 heads), output in bf16; lse fp32
     mlp = 3 * FF * 2  # gate output, its SiLU, up output
-    # per targeted module: bf16 adapter input (autocast) + r-dim output, 1 B dropout mask
+    # per targeted module: its own dropped-out bf16 input + 1 B mask, and the r-dim output
     lora = sum(2 * (n + 16) + n for n in (H, H, H, H, H, H, FF))
     layer = norms + attention + mlp + lora
     assert layer == 268_640
+    # dropout 0 (the default): A saves the input itself, so q/k/v share the norm's output and
+    # gate/up theirs; o_proj's and down_proj's inputs are their own
+    no_dropout = memory.estimate_memory(llama8b, dataclasses.replace(s, lora_dropout=0.0), "lora")
+    shared = 2 * (H + H + H + FF) + 7 * 2 * 16
+    assert _bytes(e, "activations") - _bytes(no_dropout, "activations") == 4 * 512 * (
+        lora - shared
+    )
     tokens = 4 * 512
     checkpointed = tokens * (L * 2 * H + layer + 4 * H) + 4 * 512 * 512 * (1 + 2)
     assert _bytes(e, "activations") == checkpointed
@@ -348,13 +355,12 @@ def test_demo_config_on_the_cpu(repo_root):
     estimates = memory.estimate_all(demo, s)
     assert estimates["full"].total_bytes > estimates["lora"].total_bytes
     assert estimates["lora"].total_bytes > estimates["qlora"].total_bytes
-    # Gemma 3's 262,144-token vocabulary: the 768 tokens fit one 1,024-token loss chunk, so
-    # 8 x 96 tokens x V x 8 B (fp32 logits, turned into their gradient in place, and logsumexp's
+    # Gemma 3's 262,144-token vocabulary: the 768 tokens run in 256-token loss chunks, each
+    # 256 x V x 8 B (fp32 logits, turned into their gradient in place, and logsumexp's
     # temporary) + the hidden states and their gradient
     hidden = 2 * 8 * 96 * demo.hidden_size * 4
-    for e in estimates.values():  # one chunk of the vocabulary still outweighs the rest
-        assert e.dominant == "logits and loss"
-        assert _bytes(e, "logits and loss") == 8 * 96 * 262144 * 8 + hidden
+    for e in estimates.values():
+        assert _bytes(e, "logits and loss") == 256 * 262144 * 8 + hidden
 
 
 def test_memory_module_does_not_import_torch():

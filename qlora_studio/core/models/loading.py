@@ -69,16 +69,19 @@ def torch_dtype(name: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
-def quantization_config(quant, compute_dtype):
+def quantization_config(quant, compute_dtype, storage=None):
     """transformers' BitsAndBytesConfig for a QLoRA base: 4-bit NF4/FP4, double quant, compute
-    dtype, from the config's ``quant`` section."""
+    dtype, from the config's ``quant`` section. ``storage`` (a float dtype) packs the 4-bit
+    values into that dtype's tensors instead of uint8, so FSDP or ZeRO-3 can shard them."""
     from transformers import BitsAndBytesConfig
 
+    extra = {} if storage is None else {"bnb_4bit_quant_storage": storage}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quant.quant_type,
         bnb_4bit_use_double_quant=quant.double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
+        **extra,
     )
 
 
@@ -142,7 +145,8 @@ def load_causal_lm(
     else:
         kwargs["dtype"] = compute
     if four_bit:
-        kwargs["quantization_config"] = quantization_config(cfg.quant, compute)
+        storage = compute if purpose == "train" and cfg.distributed.shards_weights else None
+        kwargs["quantization_config"] = quantization_config(cfg.quant, compute, storage)
         kwargs["device_map"] = {"": device}
     if purpose == "train" and device == "cuda" and kwargs["dtype"] != torch.float32:
         # flash-attention reads packed rows' restarting position ids as varlen boundaries: no

@@ -62,22 +62,102 @@ def needs_launch(cfg: RunConfig) -> bool:
     return cfg.distributed.world_size > 1 and "RANK" not in os.environ
 
 
+SHARDING = ("fsdp", "deepspeed")  # strategies that split the model across GPUs
+
+
 def check_launch(cfg: RunConfig, device: str, gpu_count: int) -> None:
-    """Refuse, before anything starts, a launch that cannot run: more processes than GPUs on a
-    GPU run, or the lean full recipe (its optimizer steps in backward, before DDP averages)."""
+    """Refuse, before anything starts, a launch that cannot run: more processes than GPUs (or
+    a chosen GPU this machine lacks) on a GPU run, a sharding strategy on the CPU or without
+    its package, or the lean full recipe (its optimizer steps in backward, before the
+    gradients are averaged or sharded)."""
     d = cfg.distributed
+    indices = d.gpu_indices
+    if device == "cuda" and indices is not None and max(indices) >= gpu_count:
+        raise TrainingError(
+            f"distributed.gpus lists GPU {max(indices)}, but this machine has {gpu_count} GPU(s) "
+            f"(0 to {gpu_count - 1})",
+            "choose GPUs from `nvidia-smi -L`, or set distributed.gpus: all",
+        )
     if device == "cuda" and d.processes > gpu_count:
         raise TrainingError(
             f"distributed.processes is {d.processes}, but this machine has {gpu_count} GPU(s)",
             f"set distributed.processes to {gpu_count} or fewer (one process per GPU)",
         )
+    if d.strategy in SHARDING and device != "cuda":
+        raise TrainingError(
+            f"{d.strategy} shards the model across GPUs, and this run is on the {device}: "
+            "accelerate runs it on GPUs only",
+            "use distributed.strategy: ddp for several CPU processes",
+        )
+    if d.strategy == "deepspeed":
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise TrainingError(
+                "distributed.strategy is deepspeed, but the deepspeed package is not installed",
+                "pip install deepspeed, or use distributed.strategy: fsdp",
+            )
+        if d.config_file and not Path(d.config_file).is_file():
+            raise TrainingError(
+                f"distributed.config_file {d.config_file} does not exist",
+                "point it at a DeepSpeed JSON config, or leave it empty to use zero_stage",
+            )
     if cfg.method == "full" and cfg.train.full_recipe == "lean":
         raise TrainingError(
-            "the lean full fine-tuning recipe steps each parameter in backward, which DDP's "
-            "gradient averaging cannot follow",
+            "the lean full fine-tuning recipe steps each parameter in backward, which "
+            f"{d.strategy}'s gradient averaging cannot follow",
             "set train.full_recipe: mixed for full fine-tuning with several processes, or use "
             "LoRA/QLoRA",
         )
+
+
+def visible_gpus(cfg: RunConfig) -> dict[str, str]:
+    """The environment that keeps a run to ``distributed.gpus`` (CUDA_VISIBLE_DEVICES), or
+    nothing for all GPUs."""
+    indices = cfg.distributed.gpu_indices
+    return {} if indices is None else {"CUDA_VISIBLE_DEVICES": ",".join(map(str, indices))}
+
+
+def sharding_arguments(
+    cfg: RunConfig, layer_classes: list[str], checkpointing: bool
+) -> dict[str, object]:
+    """``TrainingArguments`` keywords for a sharding strategy ({} otherwise):
+
+    - fsdp: FSDP2 full shard through accelerate, one unit per decoder layer (``layer_classes``,
+      the model's ``_no_split_modules``), the adapter or model saved whole by rank 0, and
+      FSDP's own activation checkpointing in place of the model's when checkpointing is on;
+    - deepspeed: the user's DeepSpeed JSON as it is, or ZeRO ``zero_stage`` with the batch,
+      accumulation, clipping and precision left to the Trainer ("auto").
+    """
+    d = cfg.distributed
+    if d.strategy == "fsdp":
+        return {
+            "fsdp": True,  # full shard: reshard_after_forward below
+            "fsdp_config": {
+                "version": 2,
+                "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                "transformer_layer_cls_to_wrap": list(layer_classes),
+                "state_dict_type": "FULL_STATE_DICT",
+                "cpu_ram_efficient_loading": False,
+                "reshard_after_forward": True,
+                "activation_checkpointing": checkpointing,
+            },
+        }
+    if d.strategy == "deepspeed":
+        if d.config_file:
+            return {"deepspeed": str(Path(d.config_file).resolve())}
+        return {
+            "deepspeed": {
+                "zero_optimization": {"stage": d.zero_stage, "overlap_comm": True},
+                "bf16": {"enabled": "auto"},
+                "fp16": {"enabled": "auto"},
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "gradient_clipping": "auto",
+                "train_batch_size": "auto",
+            }
+        }
+    return {}
 
 
 def torchrun_command(cfg: RunConfig, rank_args: list[str]) -> list[str]:

@@ -53,7 +53,7 @@ class LossPath:
 
     impl: str  # "chunked" | "liger" | "full_logits"
     message: str
-    chunk_tokens: int = 1024
+    chunk_tokens: int = 256
     head: LogitHead = LogitHead()
 
 

@@ -429,7 +429,8 @@ class FineTuneRecipe:
             # into a layout whose matmul has no backward: later steps would lose gradients
             if hasattr(module, "support_avx512bf16_for_cpu"):
                 module.support_avx512bf16_for_cpu = False
-        if cfg.train.gradient_checkpointing:
+        # under fsdp, FSDP's own activation checkpointing wraps each unit (sharding_arguments)
+        if cfg.train.gradient_checkpointing and cfg.distributed.strategy != "fsdp":
             # input grads as before: reentrant checkpointing needs them, non-reentrant ignores them
             model.enable_input_require_grads()
             model.activation_checkpointing_enable(
@@ -465,6 +466,8 @@ class FineTuneRecipe:
     def _training_arguments(self):
         from transformers import Trainer, TrainingArguments
 
+        from qlora_studio.core.training.distributed import sharding_arguments
+
         cfg = self.cfg
         t = cfg.train
         # lean full fine-tuning steps each parameter in backward (core/optimizer_in_backward.py):
@@ -492,7 +495,9 @@ class FineTuneRecipe:
             weight_decay=t.weight_decay,
             max_grad_norm=0.0 if in_backward else t.max_grad_norm,
             optim=OPTIMIZER_NAMES[t.optimizer],
-            activation_checkpointing=t.gradient_checkpointing and cfg.method != "qlora",
+            activation_checkpointing=t.gradient_checkpointing
+            and cfg.method != "qlora"
+            and cfg.distributed.strategy != "fsdp",
             activation_checkpointing_kwargs={"use_reentrant": False},
             seed=t.seed,
             data_seed=t.seed,
@@ -515,6 +520,7 @@ class FineTuneRecipe:
             # every LoRA weight gets a gradient each step: DDP need not search for unused ones
             ddp_find_unused_parameters=False if self.rank.distributed else None,
             **mixed,
+            **sharding_arguments(cfg, self._layer_classes(), t.gradient_checkpointing),
         )
         from qlora_studio.core.training.lean_loss import choose_loss_path, with_lean_loss
 
@@ -528,6 +534,10 @@ class FineTuneRecipe:
         return Trainer, args
 
     # ---- helpers --------------------------------------------------------------------------
+    def _layer_classes(self) -> list[str]:
+        """The decoder layer classes FSDP wraps one unit each (transformers' no-split list)."""
+        return list(getattr(self.model, "_no_split_modules", None) or [])
+
     def _summary(self, result: TrainResult) -> dict[str, Any]:
         from qlora_studio.core.data.templates import stop_tokens
 
