@@ -1,8 +1,14 @@
 """Memory: full, LoRA and QLoRA side by side as stacked bars of their terms, against the chosen
-GPU (NVML, or a card from the catalogue, or a custom size), with the verdict and advice, and
+GPU (NVML, or a card from the catalogue, or a custom size), with the verdict and advice; this
+computer's GPUs against the run's ``distributed`` settings and how many GPUs it needs; and
 "Verify fit" that runs the probe (two real steps) and shows measured beside estimated."""
 
 from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
@@ -17,24 +23,37 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.config import METHOD_LABELS, METHODS
-from qlora_studio.core.events import GB
+from qlora_studio.core.events import GB, format_gb
 from qlora_studio.gui.charts import PALETTE
-from qlora_studio.gui.pages.base import Page, error_html
+from qlora_studio.gui.pages.base import ERROR_COLOUR, Page, error_html
+
+if TYPE_CHECKING:
+    from qlora_studio.core.gpu import GpuInfo
+    from qlora_studio.core.gpu_plan import GpuLine, GpuPlan
 
 COLOURS = [*PALETTE, "#1f77b4", "#8c564b", "#17becf"]
 VERIFY_TEXT = "Verify fit (2 real steps)"
 PROBE_CONFIG = "probe.yaml"  # one file in user_data/configs, overwritten by each probe
 PROBE_GRACE_S = 5.0  # the probe exits at once on a stop line; killed if it has not by then
 STATUS_COLOUR = {"fits": "#1b7f3b", "tight": "#b8860b", "does not fit": "#b00020"}
+UNUSED_COLOUR = "#777"  # a GPU the run leaves alone
+
+
+def _nvml_gpus() -> list[GpuInfo]:
+    from qlora_studio.core.gpu import list_gpus
+
+    return list_gpus()
 
 
 class MemoryPage(Page):
     title = "Memory"
 
-    def __init__(self, state, parent=None):
+    def __init__(self, state, parent=None, read_gpus: Callable[[], list[GpuInfo]] | None = None):
         super().__init__(state, parent)
+        self.read_gpus = read_gpus or _nvml_gpus  # NVML's GPUs; a test passes its own
         self.estimates: dict = {}
         self.verdicts: dict = {}
+        self.plan: GpuPlan | None = None
 
         row = QHBoxLayout()
         row.addWidget(QLabel("Judge against:"))
@@ -58,6 +77,11 @@ class MemoryPage(Page):
         self.fit_line = QLabel("")  # what train.fit: auto would choose for this GPU
         self.fit_line.setWordWrap(True)
         self.layout_.addWidget(self.fit_line)
+        self.gpus_view = QLabel("")  # this computer's GPUs against distributed (NVML only)
+        self.gpus_view.setObjectName("gpuPlan")
+        self.gpus_view.setWordWrap(True)
+        self.gpus_view.hide()
+        self.layout_.addWidget(self.gpus_view)
 
         self.plot = pg.PlotWidget(background="w")
         self.plot.setMinimumHeight(300)
@@ -91,9 +115,9 @@ class MemoryPage(Page):
         return legend
 
     def _fill_gpus(self) -> None:
-        from qlora_studio.core.gpu import list_gpus, load_catalogue
+        from qlora_studio.core.gpu import load_catalogue
 
-        gpus = list_gpus()
+        gpus = self.read_gpus()
         for gpu in gpus:
             self.gpu_combo.addItem(f"cuda:{gpu.index} — {gpu.name}", f"cuda:{gpu.index}")
         for card in load_catalogue():
@@ -107,6 +131,16 @@ class MemoryPage(Page):
             return str(self.gpu_combo.itemData(index))
         return self.gpu_combo.currentText().strip() or "auto"
 
+    def _judged_gpu(self, gpus: list[GpuInfo]) -> GpuInfo:
+        """The GPU the combo names: one of ``gpus`` (NVML's, read once per refresh) for
+        "cuda:N", else a catalogue card or a typed size."""
+        from qlora_studio.core.gpu import resolve_gpu
+
+        spec = self._gpu_spec()
+        index = re.fullmatch(r"cuda:(\d+)", spec.lower())
+        found = [gpu for gpu in gpus if index and gpu.index == int(index.group(1))]
+        return found[0] if found else resolve_gpu(spec)
+
     def on_shown(self) -> None:
         self.refresh()
 
@@ -118,7 +152,6 @@ class MemoryPage(Page):
     def refresh(self) -> None:
         from qlora_studio.core.errors import StudioError
         from qlora_studio.core.fit import judge
-        from qlora_studio.core.gpu import list_gpus, resolve_gpu
         from qlora_studio.core.memory import estimate_memory
         from qlora_studio.core.memory_settings import Settings
 
@@ -126,12 +159,13 @@ class MemoryPage(Page):
         if info is None:
             self.details.setHtml("<p>Inspect a model on the <b>Model</b> page first.</p>")
             return
+        gpus = self.read_gpus()
         try:
-            gpu = resolve_gpu(self._gpu_spec())
+            gpu = self._judged_gpu(gpus)
         except StudioError as exc:
             self.gpu_line.setText(f"<span style='color:#b00020'>{exc.message}</span> {exc.hint}")
             return
-        detected = "" if list_gpus() else " — no NVIDIA GPU found on this computer (NVML)"
+        detected = "" if gpus else " — no NVIDIA GPU found on this computer (NVML)"
         self.gpu_line.setText(
             f"<b>{gpu.name}</b>: {gpu.total_bytes / GB:.1f} GB total, "
             f"{gpu.free_bytes / GB:.1f} GB free ({gpu.source}){detected}"
@@ -144,6 +178,7 @@ class MemoryPage(Page):
             m: judge(e, info, settings, gpu.free_bytes) for m, e in self.estimates.items()
         }
         self._show_auto_fit(info, gpu)
+        self._show_gpus(info, settings, gpus, gpu)
         self._draw(gpu)
         self._describe(settings)
         self.changed.emit()
@@ -160,6 +195,52 @@ class MemoryPage(Page):
         if not choice.fits:
             text = f"<span style='color:#b00020'>{text}</span>. To fit: {choice.hint}"
         self.fit_line.setText(text)
+
+    def _show_gpus(self, info, settings, gpus: list[GpuInfo], judged: GpuInfo) -> None:
+        """One line per GPU NVML sees against the run's ``distributed`` settings, and how many
+        GPUs like the judged one the chosen method needs; nothing without an NVIDIA GPU."""
+        from qlora_studio.core.gpu_plan import plan_gpus, strategy_label
+
+        self.gpus_view.setVisible(bool(gpus))
+        if not gpus:
+            self.plan = None
+            return
+        cfg = self.state.cfg
+        d = cfg.distributed
+        self.plan = plan = plan_gpus(info, settings, cfg.method, d, gpus, kind=judged)
+        method = METHOD_LABELS[cfg.method]
+        if plan.processes > 1:
+            how = f"{method} with {strategy_label(d)} over {plan.processes} GPUs needs"
+            how += f" {format_gb(plan.need_bytes)} on each"
+        else:
+            how = f"{method} on one GPU needs {format_gb(plan.need_bytes)}"
+        rows = "".join(self._gpu_row(line) for line in plan.lines)
+        verdict = f"<b style='color:{STATUS_COLOUR[plan.status]}'>{html.escape(plan.verdict)}</b>"
+        warnings = "".join(
+            f"<br><span style='color:{ERROR_COLOUR}'>{html.escape(w)}</span>" for w in plan.warnings
+        )
+        self.gpus_view.setText(
+            f"<b>This computer's GPUs</b>: {how}"
+            f"<table cellspacing='0' cellpadding='3'>{rows}</table>{verdict}{warnings}"
+        )
+
+    @staticmethod
+    def _gpu_row(line: GpuLine) -> str:
+        """cuda:N, name, free of total, and fits / tight / does not fit (greyed: not used)."""
+        mark = "☑" if line.chosen else "☐"
+        if line.used:
+            status = f"<span style='color:{STATUS_COLOUR[line.status]}'>{line.status}</span>"
+        else:
+            status = "chosen, left idle" if line.chosen else "not chosen"
+        cells = [
+            mark,
+            f"cuda:{line.index}",
+            html.escape(line.name),
+            f"{format_gb(line.free_bytes, 1)} free of {format_gb(line.total_bytes, 1)}",
+            status,
+        ]
+        style = "" if line.used else f" style='color:{UNUSED_COLOUR}'"
+        return f"<tr{style}>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
 
     def _draw(self, gpu) -> None:
         self.plot.clear()
@@ -185,16 +266,19 @@ class MemoryPage(Page):
             self.plot.addItem(bars)
             self.legend.addItem(bars, name)
             bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
-        lines = [(gpu.total_bytes / GB, "total", pg.QtCore.Qt.PenStyle.DashLine)]
+        # the free line's label under it, in the gap between the LoRA and QLoRA bars: an NVML
+        # GPU's free and total lines lie a few pixels apart, and their labels overwrote each other
+        above, below = [(0, 1), (0, 1)], [(0, 0), (0, 0)]
+        lines = [(gpu.total_bytes / GB, f"{gpu.name} total", 0.12, above, Qt.PenStyle.DashLine)]
         if gpu.free_bytes < gpu.total_bytes:
-            lines.append((gpu.free_bytes / GB, "free", pg.QtCore.Qt.PenStyle.DotLine))
-        for y, label, style in lines:
+            lines.append((gpu.free_bytes / GB, "free", 0.61, below, Qt.PenStyle.DotLine))
+        for y, label, position, anchors, style in lines:
             line = pg.InfiniteLine(
                 pos=y,
                 angle=0,
                 pen=pg.mkPen("#333", width=2, style=style),
-                label=f"{gpu.name} {label} {y:.1f} GB",
-                labelOpts={"position": 0.12, "color": "#333", "anchors": [(0, 1), (0, 1)]},
+                label=f"{label} {y:.1f} GB",
+                labelOpts={"position": position, "color": "#333", "anchors": anchors},
             )
             self.plot.addItem(line)
         axis = self.plot.getAxis("bottom")

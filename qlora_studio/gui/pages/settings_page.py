@@ -6,11 +6,13 @@ repeated in a terminal."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QGuiApplication
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QGuiApplication, QStandardItemModel
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -33,8 +35,12 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio import config as C
+from qlora_studio.core.events import format_gb
 from qlora_studio.gui import theme
 from qlora_studio.gui.pages.base import ERROR_COLOUR, Page
+
+if TYPE_CHECKING:
+    from qlora_studio.core.gpu import GpuInfo
 
 CHOICES = {
     ("quant", "quant_type"): C.QUANT_TYPES,
@@ -46,6 +52,7 @@ CHOICES = {
     ("train", "loss_impl"): C.LOSS_IMPLS,
     ("train", "fit"): C.FIT_MODES,
     ("data", "packing"): C.PACKINGS,
+    ("distributed", "strategy"): C.STRATEGIES,
 }
 MEMORY_NOTES = {
     "r": "LoRA memory grows linearly with r: r x (d_in + d_out) fp32 parameters per layer, "
@@ -63,8 +70,10 @@ MEMORY_NOTES = {
     "across all parameters and gradient accumulation.",
     "loss_impl": "full_logits keeps batch x length x vocabulary logits in fp32 (GBs with a 128k+ "
     "vocabulary); chunked keeps one chunk of trained tokens x vocabulary at a time.",
-    "loss_chunk_tokens": "The loss keeps about 8 B x chunk x vocabulary at once (1,024 tokens x "
-    "128k vocabulary = 1 GB): halve it to halve that term.",
+    "loss_chunk_tokens": "The loss keeps about 8 B x chunk x vocabulary at once (256 tokens x "
+    "128k vocabulary = 0.26 GB): halve it to halve that term.",
+    "dropout": "0 lets each adapter save the input it shares with its neighbours (q/k/v, "
+    "gate/up) once; above 0 every adapter keeps its own dropped-out copy and a mask.",
     "packing": "padding_free computes only real tokens: a batch is the rows concatenated, so its "
     "activations follow the tokens it holds instead of batch x its longest row. by_length "
     "groups similar lengths to cut padding where packing is not exact for the model.",
@@ -72,7 +81,19 @@ MEMORY_NOTES = {
     "follow it, so it bounds the worst case of packed batches (0 = batch x max_length).",
     "fit": "auto shrinks the micro-batch (raising grad_accum to keep the effective batch) and "
     "turns checkpointing on until the estimate fits the GPU.",
+    "processes": "With ddp each process holds the whole run; with fsdp and ZeRO-3 each holds "
+    "1/processes of the weights, gradients and optimizer states.",
 }
+# what each strategy does to one GPU's memory, one line each (the strategy combo's tooltips)
+STRATEGY_NOTES = {
+    "none": "one GPU holds the whole run",
+    "ddp": "every GPU holds the whole run, plus a flat copy of the gradients for averaging",
+    "fsdp": "weights, gradients and optimizer states split across the GPUs: a model too big "
+    "for one GPU fits on several",
+    "deepspeed": "ZeRO-2 splits the optimizer states and gradients; ZeRO-3 the weights too",
+}
+NO_DEEPSPEED = "install deepspeed to use it"
+NO_GPU = "No NVIDIA GPU found (CPU runs can still use ddp with several processes)"
 PRESETS = {
     "Fastest": {
         "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
@@ -128,6 +149,7 @@ SECTIONS = (
         "Logging and checkpoints",
         ("logging_steps", "eval_steps", "save_steps", "save_total_limit"),
     ),
+    ("distributed", "Several GPUs", ("strategy", "processes", "zero_stage", "config_file")),
 )
 
 
@@ -144,6 +166,17 @@ def _field(section: str, name: str) -> dataclasses.Field:
     return next(f for f in dataclasses.fields(C.SECTIONS[section]) if f.name == name)
 
 
+def deepspeed_installed() -> bool:
+    """Whether the deepspeed package is there (looked up, not imported: it loads torch)."""
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def _nvml_gpus() -> list[GpuInfo]:
+    from qlora_studio.core.gpu import list_gpus
+
+    return list_gpus()
+
+
 def _tooltip(section: str, name: str) -> str:
     """The config field's name (as in the YAML and ``--set``), its help and its memory note."""
     text = f"{section}.{name}: {C.field_help(section, name)}"
@@ -151,13 +184,67 @@ def _tooltip(section: str, name: str) -> str:
     return f"{text}\n\nMemory: {note}" if note else text
 
 
+class GpuPicker(QWidget):
+    """The GPUs NVML sees as check boxes with their free memory, read and written as
+    ``distributed.gpus`` ("all" when every one is checked). With no GPU it says so and gives
+    back the config's value untouched."""
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.boxes: dict[int, QCheckBox] = {}
+        self._kept = "all"
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.empty = QLabel(NO_GPU)
+        self.empty.setWordWrap(True)
+        layout.addWidget(self.empty)
+
+    def set_gpus(self, gpus: list[GpuInfo]) -> None:
+        """List ``gpus`` (fresh NVML readings), keeping what was checked."""
+        wanted = self.value()
+        for box in self.boxes.values():
+            self.layout().removeWidget(box)
+            box.hide()  # deleted on the next turn of the event loop; gone from sight now
+            box.deleteLater()
+        self.boxes = {}
+        for gpu in gpus:
+            free, total = format_gb(gpu.free_bytes, 1), format_gb(gpu.total_bytes, 1)
+            box = QCheckBox(f"cuda:{gpu.index}  {gpu.name}: {free} free of {total}")
+            box.toggled.connect(lambda _=False: self.changed.emit())
+            self.layout().addWidget(box)
+            self.boxes[gpu.index] = box
+        self.empty.setVisible(not gpus)
+        self.set_value(wanted)
+
+    def set_value(self, text: str) -> None:
+        self._kept = text
+        every = text.strip() == "all"
+        indices = {int(p) for p in text.split(",") if p.strip().isdigit()}
+        for index, box in self.boxes.items():
+            box.blockSignals(True)
+            box.setChecked(every or index in indices)
+            box.blockSignals(False)
+
+    def checked(self) -> list[int]:
+        return [index for index, box in self.boxes.items() if box.isChecked()]
+
+    def value(self) -> str:
+        if not self.boxes:
+            return self._kept
+        checked = self.checked()
+        return "all" if len(checked) == len(self.boxes) else ",".join(map(str, checked))
+
+
 class SettingsPage(Page):
     title = "Settings"
 
-    def __init__(self, state, parent=None):
+    def __init__(self, state, parent=None, read_gpus: Callable[[], list[GpuInfo]] | None = None):
         super().__init__(state, parent)
         self._loading = False
         self.editors: dict[tuple[str, str], QWidget] = {}
+        self.read_gpus = read_gpus or _nvml_gpus  # NVML's GPUs; a test passes its own
 
         self.layout_.addWidget(self._essentials())
         self.message = QLabel("")  # a validation error, under the fields most edited
@@ -165,6 +252,7 @@ class SettingsPage(Page):
         self.layout_.addWidget(self.message)
         self._add_presets_row()
         self._add_advanced()
+        self._add_several_gpus()
         self.layout_.addStretch(1)
 
     def _essentials(self) -> QGroupBox:
@@ -228,7 +316,7 @@ class SettingsPage(Page):
         self.advanced_button = QToolButton()
         self.advanced_button.setObjectName("advancedToggle")
         self.advanced_button.setText(
-            "Advanced: LoRA, 4-bit base, optimizer, memory, batching, logging"
+            "Advanced: LoRA, 4-bit base, optimizer, memory, batching, several GPUs, logging"
         )
         self.advanced_button.setCheckable(True)
         self.advanced_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
@@ -260,6 +348,72 @@ class SettingsPage(Page):
         opened = self.state.settings.value(ADVANCED_OPEN_KEY, False, type=bool)
         self.advanced_button.setChecked(bool(opened))
         self._show_advanced(bool(opened))
+
+    def _add_several_gpus(self) -> None:
+        """The Several GPUs group's own parts: one tooltip per strategy, deepspeed only when
+        installed, sensible ranges, and the GPU picker for distributed.gpus."""
+        strategy = self.editors[("distributed", "strategy")]
+        assert isinstance(strategy, QComboBox)
+        has_deepspeed = deepspeed_installed()
+        items = strategy.model()
+        assert isinstance(items, QStandardItemModel)
+        for i, name in enumerate(C.STRATEGIES):
+            note = STRATEGY_NOTES[name]
+            if name == "deepspeed" and not has_deepspeed:
+                note = f"{NO_DEEPSPEED} ({note})"
+                items.item(i).setEnabled(False)
+            strategy.setItemData(i, f"{name}: {note}", Qt.ItemDataRole.ToolTipRole)
+        notes = "\n".join(f"{name}: {note}" for name, note in STRATEGY_NOTES.items())
+        strategy.setToolTip(f"{_tooltip('distributed', 'strategy')}\n\nMemory:\n{notes}")
+        strategy.currentTextChanged.connect(self._on_strategy)
+        processes = self.editors[("distributed", "processes")]
+        zero_stage = self.editors[("distributed", "zero_stage")]
+        assert isinstance(processes, QSpinBox) and isinstance(zero_stage, QSpinBox)
+        for spin, lowest, highest in ((processes, 1, 64), (zero_stage, 2, 3)):
+            spin.blockSignals(True)  # the range moves the value: no edit before a config loads
+            spin.setRange(lowest, highest)
+            spin.blockSignals(False)
+        self.gpu_picker = GpuPicker()
+        self.gpu_picker.setToolTip(_tooltip("distributed", "gpus"))
+        self.gpu_picker.set_gpus(self.read_gpus())
+        self.gpu_picker.changed.connect(self._on_gpus_picked)
+        form = self.groups["distributed"].layout()
+        assert isinstance(form, QFormLayout)
+        form.insertRow(2, "GPUs", self.gpu_picker)  # under processes
+        self._show_for_strategy()
+
+    def _show_for_strategy(self) -> None:
+        """Processes and GPUs only with several processes; zero stage and the JSON config only
+        for deepspeed."""
+        strategy = self._read("distributed", "strategy")
+        form = self.groups["distributed"].layout()
+        assert isinstance(form, QFormLayout)
+        form.setRowVisible(self.editors[("distributed", "processes")], strategy != "none")
+        form.setRowVisible(self.gpu_picker, strategy != "none")
+        for name in ("zero_stage", "config_file"):
+            form.setRowVisible(self.editors[("distributed", name)], strategy == "deepspeed")
+
+    def _on_strategy(self, strategy: str) -> None:
+        """One process for none; for the others one per checked GPU (at least two)."""
+        if self._loading:
+            return
+        processes = self.editors[("distributed", "processes")]
+        assert isinstance(processes, QSpinBox)
+        if strategy == "none":
+            processes.setValue(1)
+        elif processes.value() < 2:
+            processes.setValue(max(2, len(self.gpu_picker.checked())))
+
+    def _on_gpus_picked(self) -> None:
+        """One process per checked GPU, then the usual validation."""
+        checked = len(self.gpu_picker.checked())
+        processes = self.editors[("distributed", "processes")]
+        assert isinstance(processes, QSpinBox)
+        if self._read("distributed", "strategy") != "none" and checked >= 2:
+            processes.blockSignals(True)
+            processes.setValue(checked)
+            processes.blockSignals(False)
+        self._on_edit()
 
     # ---- editors ------------------------------------------------------------------------
     def _editor(self, section: str, f: dataclasses.Field) -> QWidget:
@@ -319,7 +473,10 @@ class SettingsPage(Page):
             self.method_buttons[cfg.method].setChecked(True)
             for section, name in self.editors:
                 self._write(section, name, getattr(getattr(cfg, section), name))
+            self.gpu_picker.set_gpus(self.read_gpus())  # fresh free memory each time it shows
+            self.gpu_picker.set_value(cfg.distributed.gpus)
             self._enable_for(cfg.method)
+            self._show_for_strategy()
         finally:
             self._loading = False
 
@@ -327,6 +484,7 @@ class SettingsPage(Page):
         cfg.method = self.current_method()
         for section, name in self.editors:
             setattr(getattr(cfg, section), name, self._read(section, name))
+        cfg.distributed.gpus = self.gpu_picker.value()
 
     def _enable_for(self, method: str) -> None:
         """Enable what ``method`` uses: the LoRA group but for full fine-tuning, the 4-bit
@@ -357,6 +515,7 @@ class SettingsPage(Page):
         if self._loading:
             return
         self._enable_for(self.current_method())
+        self._show_for_strategy()
         problem = self.validation_error()
         self.message.setText(
             f"<span style='color:{ERROR_COLOUR}'>{problem}</span>" if problem else ""
