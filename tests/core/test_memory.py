@@ -206,9 +206,7 @@ def test_activations_match_hand_arithmetic(llama8b):
     # gate/up theirs; o_proj's and down_proj's inputs are their own
     no_dropout = memory.estimate_memory(llama8b, dataclasses.replace(s, lora_dropout=0.0), "lora")
     shared = 2 * (H + H + H + FF) + 7 * 2 * 16
-    assert _bytes(e, "activations") - _bytes(no_dropout, "activations") == 4 * 512 * (
-        lora - shared
-    )
+    assert _bytes(e, "activations") - _bytes(no_dropout, "activations") == 4 * 512 * (lora - shared)
     tokens = 4 * 512
     checkpointed = tokens * (L * 2 * H + layer + 4 * H) + 4 * 512 * 512 * (1 + 2)
     assert _bytes(e, "activations") == checkpointed
