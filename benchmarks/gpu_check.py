@@ -249,52 +249,56 @@ def train_child(config_path: Path) -> dict:
 
 
 def check_ddp(outcome: Outcome, model: ModelUnderTest, work: Path, args) -> None:
-    """QLoRA with distributed.strategy ddp on two GPUs (skipped with one): the launch, both
-    ranks' steps, rank 0's single 'done' event and its tokens/s."""
+    """QLoRA on two GPUs (skipped with one), with distributed.strategy ddp and then fsdp (4-bit
+    weights stored in bf16 and sharded): the launch, both ranks' steps, rank 0's single 'done'
+    event, its tokens/s, and rank 0's largest reserved memory."""
     import torch
 
     count = torch.cuda.device_count()
     if count < 2:
-        print(f"\nmulti-GPU (DDP): skipped, this machine has {count} GPU")
+        print(f"\nmulti-GPU (DDP, FSDP): skipped, this machine has {count} GPU")
         outcome.data["ddp"] = {"skipped": f"{count} GPU"}
         return
     seq = model.seq_lens[0]
     data = seq_rows(work / f"ddp-{seq}.txt", 8 * model.batch, seq)
-    cfg = make_config(
-        model,
-        "QLoRA",
-        seq,
-        data,
-        work / "runs-ddp",
-        device="cuda",
-        optimizer="paged_adamw_8bit",
-        steps=6,
-    )
-    cfg.distributed.strategy, cfg.distributed.processes = "ddp", 2
-    path = work / "ddp.yaml"
-    cfg.save(path)
-    began = time.time()
-    done = subprocess.run(
-        [sys.executable, "-m", "qlora_studio", "train", str(path), "--events", "jsonl"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
-    events = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
-    finished = [e for e in events if e["type"] == "done"]
-    speed = [e["tokens_per_s"] for e in events if e["type"] == "progress"]
-    row = {
-        "returncode": done.returncode,
-        "done_events": len(finished),
-        "tokens_per_s": speed[-1] if speed else None,
-        "seconds": round(time.time() - began, 1),
-    }
-    outcome.data["ddp"] = row
-    print(f"\nmulti-GPU (DDP, QLoRA, 2 GPUs, {model.label}, {seq} tokens): {row}")
-    if done.returncode != 0 or len(finished) != 1:
-        tail = " | ".join(done.stderr.splitlines()[-3:])
-        outcome.problems.append(f"DDP on 2 GPUs failed: {tail}")
+    for strategy in ("ddp", "fsdp"):
+        cfg = make_config(
+            model,
+            "QLoRA",
+            seq,
+            data,
+            work / f"runs-{strategy}",
+            device="cuda",
+            optimizer="paged_adamw_8bit",
+            steps=6,
+        )
+        cfg.distributed.strategy, cfg.distributed.processes = strategy, 2
+        path = work / f"{strategy}.yaml"
+        cfg.save(path)
+        began = time.time()
+        done = subprocess.run(
+            [sys.executable, "-m", "qlora_studio", "train", str(path), "--events", "jsonl"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=REPO,
+        )
+        events = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+        finished = [e for e in events if e["type"] == "done"]
+        speed = [e["tokens_per_s"] for e in events if e["type"] == "progress"]
+        peaks = [e["torch_reserved_bytes"] for e in events if e.get("torch_reserved_bytes")]
+        row = {
+            "returncode": done.returncode,
+            "done_events": len(finished),
+            "tokens_per_s": speed[-1] if speed else None,
+            "rank0_reserved_gib": round(max(peaks) / GIB, 2) if peaks else None,
+            "seconds": round(time.time() - began, 1),
+        }
+        outcome.data[strategy] = row
+        print(f"\nmulti-GPU ({strategy}, QLoRA, 2 GPUs, {model.label}, {seq} tokens): {row}")
+        if done.returncode != 0 or len(finished) != 1:
+            tail = " | ".join(done.stderr.splitlines()[-3:])
+            outcome.problems.append(f"{strategy} on 2 GPUs failed: {tail}")
 
 
 def _count_linear_layers(model) -> dict:

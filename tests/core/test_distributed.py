@@ -163,11 +163,12 @@ def test_a_stop_reaches_both_ranks_resume_continues_both_and_a_dead_rank_ends_th
     assert not (run_dir / ".stop-requested").exists()
 
     # resume: both ranks restart from that checkpoint and train on (DDP steps need both)
-    resumed = cli("resume", run_dir, "--set", "train.save_steps=1", "--events", "jsonl")
+    resumed = cli("resume", run_dir, "--set", "train.save_steps=1000", "--events", "jsonl")
     read_until(resumed, lambda e: "continuing from step" in e.get("message", ""))
-    read_until(resumed, lambda e: e["type"] == "checkpoint" and e["step"] > stopped_at)
+    reached = read_until(resumed, lambda e: e["type"] == "progress" and e["step"] > stopped_at)
 
-    # one rank dies: the whole run ends with an error, the checkpoints kept, nothing left
+    # one rank dies: the whole run ends with an error, a checkpoint of the last completed step
+    # (none was due: save_steps is 1000), nothing left running
     ranks = [
         p
         for p in psutil.Process(resumed.pid).children(recursive=True)
@@ -178,13 +179,29 @@ def test_a_stop_reaches_both_ranks_resume_continues_both_and_a_dead_rank_ends_th
     out, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 1
     assert "A training process failed" in out
-    assert (run_dir / CHECKPOINTS / f"checkpoint-{stopped_at + 1}").is_dir()
+    kept = [e for e in events_of(out) if e["type"] == "checkpoint"]
+    assert kept and kept[-1]["step"] >= reached["step"], out[-3000:]
+    assert (run_dir / CHECKPOINTS / f"checkpoint-{kept[-1]['step']}").is_dir()
     time.sleep(1)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks)
     logged = (run_dir / EVENTS_FILE).read_text().splitlines()
     # one events file: the first session's stop and the resumed session, each once
     assert sum(1 for line in logged if '"type":"cancelled"' in line) == 1
     assert sum(1 for line in logged if "continuing from step" in line) == 1
+
+    # and both ranks continue from the checkpoint the failure left (rank 0's alone)
+    again = cli(
+        "resume",
+        run_dir,
+        "--events",
+        "jsonl",
+        "--set",
+        "train.max_steps=" + str(kept[-1]["step"] + 1),
+    )
+    out, err = again.communicate(timeout=240)
+    assert again.returncode == 0, err[-3000:]
+    assert f"continuing from step {kept[-1]['step']}" in out
+    assert [e["step"] for e in events_of(out) if e["type"] == "done"] == [kept[-1]["step"] + 1]
 
 
 def test_requests_that_cannot_run_are_refused_before_anything_starts(tiny_llama, tmp_path):

@@ -216,6 +216,8 @@ class FineTuneRecipe:
         except Exception as exc:  # turn the common failures into a message with a hint
             if is_out_of_memory(exc):
                 raise self._after_out_of_memory(trainer, collator) from exc
+            if self.rank.distributed:
+                raise self._after_lost_rank(trainer, exc) from exc
             raise _explain_training_error(exc, callback.step) from exc
         eval_loss = None
         if self.prepared.eval and not callback.cancelled:
@@ -258,15 +260,7 @@ class FineTuneRecipe:
         gc.collect()
         if self.device == "cuda":
             torch.cuda.empty_cache()
-        checkpoint = last_checkpoint(self.run_dir)
-        saved_step = int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint else 0
-        if consistent and step > saved_step:
-            try:
-                trainer._save_checkpoint(trainer.model, trial=None)  # the Trainer's own format
-                checkpoint = last_checkpoint(self.run_dir)
-                self.reporter.emit(make_event("checkpoint", step=step, path=str(checkpoint)))
-            except Exception as exc:  # still out of memory, or the disk: keep the older one
-                self._status(f"Could not save a checkpoint after running out of memory: {exc}")
+        checkpoint = self._checkpoint_last_step(trainer, "running out of memory", consistent)
         return explain_out_of_memory(
             self.cfg,
             self.model_dir,
@@ -278,6 +272,38 @@ class FineTuneRecipe:
             checkpoint=checkpoint,
             run_dir=self.run_dir,
         )
+
+    def _checkpoint_last_step(self, trainer, after: str, consistent: bool = True) -> Path | None:
+        """Keep a checkpoint of the last completed step when the run ends in an error (rank 0
+        only: the Trainer's save of a DDP run needs no other rank); the newest checkpoint."""
+        step = int(trainer.state.global_step)
+        checkpoint = last_checkpoint(self.run_dir)
+        saved_step = int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint else 0
+        if consistent and self.rank.is_main and step > saved_step:
+            try:
+                trainer._save_checkpoint(trainer.model, trial=None)  # the Trainer's own format
+                checkpoint = last_checkpoint(self.run_dir)
+                self.reporter.emit(make_event("checkpoint", step=step, path=str(checkpoint)))
+            except Exception as exc:  # still out of memory, or the disk: keep the older one
+                self._status(f"Could not save a checkpoint after {after}: {exc}")
+        return checkpoint
+
+    def _after_lost_rank(self, trainer, exc: Exception) -> StudioError:
+        """A step of a run with several processes failed, most often because another process
+        ended: keep the last completed step and say so. The launcher reports which rank died."""
+        # the Trainer's save sums the floating-point operations over every process first (a
+        # collective that would fail now): this process's own count is saved instead
+        trainer.store_flos = lambda: None
+        checkpoint = self._checkpoint_last_step(trainer, "the failed step")
+        step = int(trainer.state.global_step)
+        kept = f"{checkpoint.name} is kept" if checkpoint else "no checkpoint was saved yet"
+        hint = f"{kept}; `qlora-studio resume {self.run_dir}` continues on every process"
+        if isinstance(exc, StudioError):
+            return exc
+        text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        if _lost_peer(exc):
+            return TrainingError(f"Another training process ended during step {step + 1}", hint)
+        return TrainingError(f"Training failed at step {step + 1}: {text}", hint)
 
     def save(self, result: TrainResult) -> None:
         from qlora_studio.core.export import save_trained
@@ -590,6 +616,15 @@ class _ListDataset:
 
 
 # ---- errors a user can cause ----------------------------------------------------------------
+def _lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because another process is gone."""
+    import torch.distributed as dist
+
+    words = str(exc).lower()
+    lost = ("connection closed", "connection reset", "broken pipe", "peer", "timed out")
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(w in words for w in lost)
+
+
 def _explain_training_error(exc: Exception, step: int) -> StudioError:
     if isinstance(exc, StudioError):
         return exc
