@@ -47,19 +47,19 @@ def test_demo_config_learns_the_task_and_the_tuned_model_stops_at_eos(repo_root,
     assert done["type"] == "done"
     run_dir = Path(done["run_dir"])
 
-    # base vs tuned on the held-out dates (the config's data.eval_path); 50 of the 100 rows keep
-    # the suite's time down (the full file: base 0%, tuned 98%, see the issue note)
-    evaluated = _cli("eval", str(run_dir), "--limit", "50", "--json", cwd=repo_root, timeout=1200)
+    # base vs tuned on the held-out dates (the config's data.eval_path); 30 of the 100 rows keep
+    # the suite's time down (the full file: base 0%, tuned 95-97%, see the README)
+    evaluated = _cli("eval", str(run_dir), "--limit", "30", "--json", cwd=repo_root, timeout=1200)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     report = json.loads(evaluated.stdout)
     base, tuned = report["scores"]["base"], report["scores"]["tuned"]
-    assert base["rows"] == 50
+    assert base["rows"] == 30
     assert base["exact_match"] <= 0.10, f"the base already knows the task: {base}"
     assert report["delta_exact_match_points"] >= 40, f"base {base}, tuned {tuned}"
     assert tuned["loss"] < base["loss"]
     # stop tokens: the tuned answers end at <end_of_turn>/EOS, not at max_new_tokens
     assert tuned["stopped"] >= 0.95, f"the tuned model rambles: {tuned}"
-    assert (run_dir / "evaluation" / "dates-heldout.first50.json").exists()
+    assert (run_dir / "evaluation" / "dates-heldout.first30.json").exists()
 
     # the exported adapter records its template and stop tokens and works with plain peft
     exported = _cli("export", str(run_dir), cwd=repo_root, timeout=300)
