@@ -249,9 +249,9 @@ def train_child(config_path: Path) -> dict:
 
 
 def check_ddp(outcome: Outcome, model: ModelUnderTest, work: Path, args) -> None:
-    """QLoRA on two GPUs (skipped with one), with distributed.strategy ddp and then fsdp (4-bit
-    weights stored in bf16 and sharded): the launch, both ranks' steps, rank 0's single 'done'
-    event, its tokens/s, and rank 0's largest reserved memory."""
+    """Two GPUs (skipped with one): QLoRA under ddp, QLoRA under fsdp (4-bit weights stored in
+    bf16 and sharded) and mixed full fine-tuning under fsdp: the launch, both ranks' steps,
+    rank 0's single 'done' event, its tokens/s and its largest reserved memory."""
     import torch
 
     count = torch.cuda.device_count()
@@ -261,19 +261,20 @@ def check_ddp(outcome: Outcome, model: ModelUnderTest, work: Path, args) -> None
         return
     seq = model.seq_lens[0]
     data = seq_rows(work / f"ddp-{seq}.txt", 8 * model.batch, seq)
-    for strategy in ("ddp", "fsdp"):
+    # the labels are METHODS' keys (an earlier "QLoRA" here would have failed with a KeyError)
+    for strategy, label in (("ddp", "qlora"), ("fsdp", "qlora"), ("fsdp", "full-mixed")):
         cfg = make_config(
             model,
-            "QLoRA",
+            label,
             seq,
             data,
-            work / f"runs-{strategy}",
+            work / f"runs-{strategy}-{label}",
             device="cuda",
             optimizer="paged_adamw_8bit",
             steps=6,
         )
         cfg.distributed.strategy, cfg.distributed.processes = strategy, 2
-        path = work / f"{strategy}.yaml"
+        path = work / f"{strategy}-{label}.yaml"
         cfg.save(path)
         began = time.time()
         done = subprocess.run(
@@ -294,11 +295,11 @@ def check_ddp(outcome: Outcome, model: ModelUnderTest, work: Path, args) -> None
             "rank0_reserved_gib": round(max(peaks) / GIB, 2) if peaks else None,
             "seconds": round(time.time() - began, 1),
         }
-        outcome.data[strategy] = row
-        print(f"\nmulti-GPU ({strategy}, QLoRA, 2 GPUs, {model.label}, {seq} tokens): {row}")
+        outcome.data[f"{strategy}-{label}"] = row
+        print(f"\nmulti-GPU ({strategy}, {label}, 2 GPUs, {model.label}, {seq} tokens): {row}")
         if done.returncode != 0 or len(finished) != 1:
             tail = " | ".join(done.stderr.splitlines()[-3:])
-            outcome.problems.append(f"{strategy} on 2 GPUs failed: {tail}")
+            outcome.problems.append(f"{strategy} {label} on 2 GPUs failed: {tail}")
 
 
 def _count_linear_layers(model) -> dict:
