@@ -237,3 +237,62 @@ class BatchCollator:
 
     def __call__(self, features: list[list[dict]]) -> dict:
         return self.inner([row for batch in features for row in batch])
+
+
+class ListDataset:
+    """A list of tokenized examples as a map-style dataset (the Trainer's random batches)."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.rows[index]
+
+
+@dataclass
+class Batches:
+    """What the Trainer is given: the collator, the train and eval datasets, and whether the
+    batches are planned (one whole batch per item, so per-device batch size 1)."""
+
+    collator: Any
+    train: Any
+    eval: Any
+    planned: bool
+
+
+def build_batches(
+    train_rows: list[dict],
+    eval_rows: list[dict],
+    mode: Packing,
+    pad_token_id: int,
+    *,
+    batch_size: int,
+    max_tokens: int,
+    seed: int,
+    worst_case_steps: int = 0,
+) -> Batches:
+    """Rows for the Trainer's own random batches (``off``), or planned batches under the token
+    budget, one per Trainer item (``by_length``, ``padding_free``). ``worst_case_steps`` (the
+    probe) plans the heaviest batch that many times instead."""
+    if mode == "off" and not worst_case_steps:
+        rows = ListDataset(eval_rows) if eval_rows else None
+        return Batches(PaddingCollator(pad_token_id), ListDataset(train_rows), rows, False)
+    inner = (
+        FlatteningCollator(pad_token_id)
+        if mode == "padding_free"
+        else PaddingCollator(pad_token_id)
+    )
+
+    def planned(rows: list[dict]) -> PlannedBatches:
+        lengths = [len(r["input_ids"]) for r in rows]
+        if worst_case_steps:
+            heaviest = heaviest_batch(lengths, batch_size, mode, max_tokens)
+            return PlannedBatches(rows, [heaviest] * worst_case_steps)
+        plan = plan_batches(lengths, batch_size, mode, max_tokens=max_tokens, seed=seed)
+        return PlannedBatches(rows, plan)
+
+    eval_batches = planned(eval_rows) if eval_rows else None
+    return Batches(BatchCollator(inner), planned(train_rows), eval_batches, True)

@@ -7,7 +7,6 @@ the run folder exists, so bad data never leaves a half-made run behind.
 
 from __future__ import annotations
 
-import errno
 import json
 import threading
 import time
@@ -42,6 +41,11 @@ from qlora_studio.core.run_folder import (
     make_run_dir,
     tidy_checkpoints,
     write_json_atomic,
+)
+from qlora_studio.core.training.failures import (
+    LastStepKeeper,
+    explain_lost_rank,
+    explain_training_error,
 )
 from qlora_studio.core.training.out_of_memory import explain_out_of_memory, is_out_of_memory
 
@@ -217,8 +221,8 @@ class FineTuneRecipe:
             if is_out_of_memory(exc):
                 raise self._after_out_of_memory(trainer, collator) from exc
             if self.rank.distributed:
-                raise self._after_lost_rank(trainer, exc) from exc
-            raise _explain_training_error(exc, callback.step) from exc
+                raise explain_lost_rank(trainer, exc, self._keeper()) from exc
+            raise explain_training_error(exc, callback.step) from exc
         eval_loss = None
         if self.prepared.eval and not callback.cancelled:
             self._status("Evaluating on the validation rows")
@@ -260,7 +264,7 @@ class FineTuneRecipe:
         gc.collect()
         if self.device == "cuda":
             torch.cuda.empty_cache()
-        checkpoint = self._checkpoint_last_step(trainer, "running out of memory", consistent)
+        checkpoint = self._keeper().keep(trainer, "running out of memory", consistent)
         return explain_out_of_memory(
             self.cfg,
             self.model_dir,
@@ -273,37 +277,8 @@ class FineTuneRecipe:
             run_dir=self.run_dir,
         )
 
-    def _checkpoint_last_step(self, trainer, after: str, consistent: bool = True) -> Path | None:
-        """Keep a checkpoint of the last completed step when the run ends in an error (rank 0
-        only: the Trainer's save of a DDP run needs no other rank); the newest checkpoint."""
-        step = int(trainer.state.global_step)
-        checkpoint = last_checkpoint(self.run_dir)
-        saved_step = int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint else 0
-        if consistent and self.rank.is_main and step > saved_step:
-            try:
-                trainer._save_checkpoint(trainer.model, trial=None)  # the Trainer's own format
-                checkpoint = last_checkpoint(self.run_dir)
-                self.reporter.emit(make_event("checkpoint", step=step, path=str(checkpoint)))
-            except Exception as exc:  # still out of memory, or the disk: keep the older one
-                self._status(f"Could not save a checkpoint after {after}: {exc}")
-        return checkpoint
-
-    def _after_lost_rank(self, trainer, exc: Exception) -> StudioError:
-        """A step of a run with several processes failed, most often because another process
-        ended: keep the last completed step and say so. The launcher reports which rank died."""
-        # the Trainer's save sums the floating-point operations over every process first (a
-        # collective that would fail now): this process's own count is saved instead
-        trainer.store_flos = lambda: None
-        checkpoint = self._checkpoint_last_step(trainer, "the failed step")
-        step = int(trainer.state.global_step)
-        kept = f"{checkpoint.name} is kept" if checkpoint else "no checkpoint was saved yet"
-        hint = f"{kept}; `qlora-studio resume {self.run_dir}` continues on every process"
-        if isinstance(exc, StudioError):
-            return exc
-        text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        if _lost_peer(exc):
-            return TrainingError(f"Another training process ended during step {step + 1}", hint)
-        return TrainingError(f"Training failed at step {step + 1}: {text}", hint)
+    def _keeper(self) -> LastStepKeeper:
+        return LastStepKeeper(self.run_dir, self.rank.is_main, self.reporter)
 
     def save(self, result: TrainResult) -> None:
         from qlora_studio.core.export import save_trained
@@ -343,45 +318,27 @@ class FineTuneRecipe:
 
     # ---- builders -------------------------------------------------------------------------
     def _batching(self):
-        """The collator and the train and eval datasets for ``data.packing`` (checked on the
-        loaded model, ``core/training/packing.py``): rows for the Trainer's own random batches
-        (off), or planned batches, one per Trainer item (by_length, padding_free)."""
-        from qlora_studio.core.data.batching import (
-            BatchCollator,
-            FlatteningCollator,
-            PaddingCollator,
-            PlannedBatches,
-            heaviest_batch,
-            plan_batches,
-        )
+        """The collator and the train and eval datasets for ``data.packing``, checked on the
+        loaded model (``core/training/packing.py``); ``core/data/batching.py`` builds them."""
+        from qlora_studio.core.data.batching import build_batches
         from qlora_studio.core.training.packing import choose_packing
 
         cfg = self.cfg
         choice = choose_packing(self.model, cfg.data.packing)
         self.packing = choice.mode
         self.reporter.emit(make_event("status", message=choice.message, packing=choice.mode))
-        pad = self.tokenizer.pad_token_id
-        if choice.mode == "off" and not self.worst_case_steps:
-            self._planned = False
-            eval_set = _ListDataset(self.prepared.eval) if self.prepared.eval else None
-            return PaddingCollator(pad), _ListDataset(self.prepared.train), eval_set
-        self._planned = True
-        inner = FlatteningCollator(pad) if choice.mode == "padding_free" else PaddingCollator(pad)
-        budget = cfg.data.max_tokens_per_batch
-
-        def planned(rows: list[dict]) -> PlannedBatches:
-            lengths = [len(r["input_ids"]) for r in rows]
-            if self.worst_case_steps:  # the probe: the heaviest batch, that many times
-                heaviest = heaviest_batch(lengths, cfg.train.batch_size, choice.mode, budget)
-                return PlannedBatches(rows, [heaviest] * self.worst_case_steps)
-            plan = plan_batches(
-                lengths, cfg.train.batch_size, choice.mode, max_tokens=budget, seed=cfg.train.seed
-            )
-            return PlannedBatches(rows, plan)
-
-        train_set = planned(self.prepared.train)
-        eval_set = planned(self.prepared.eval) if self.prepared.eval else None
-        return BatchCollator(inner), train_set, eval_set
+        batches = build_batches(
+            self.prepared.train,
+            self.prepared.eval,
+            choice.mode,
+            self.tokenizer.pad_token_id,
+            batch_size=cfg.train.batch_size,
+            max_tokens=cfg.data.max_tokens_per_batch,
+            seed=cfg.train.seed,
+            worst_case_steps=self.worst_case_steps,
+        )
+        self._planned = batches.planned
+        return batches.collator, batches.train, batches.eval
 
     def _open_run_dir(self) -> None:
         if not self.rank.is_main:  # rank 0 made it and writes it; this rank only computes
@@ -601,41 +558,7 @@ class FineTuneRecipe:
             raise Cancelled("Stopped before training started", "nothing was trained")
 
 
-# ---- Trainer glue ---------------------------------------------------------------------------
-class _ListDataset:
-    """A list of tokenized examples as a map-style dataset."""
-
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.rows[index]
-
-
 # ---- errors a user can cause ----------------------------------------------------------------
-def _lost_peer(exc: BaseException) -> bool:
-    """Whether ``exc`` is a collective that failed because another process is gone."""
-    import torch.distributed as dist
-
-    words = str(exc).lower()
-    lost = ("connection closed", "connection reset", "broken pipe", "peer", "timed out")
-    return isinstance(exc, getattr(dist, "DistError", ())) or any(w in words for w in lost)
-
-
-def _explain_training_error(exc: Exception, step: int) -> StudioError:
-    if isinstance(exc, StudioError):
-        return exc
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return TrainingError(
-            f"The disk is full ({exc.filename or 'while saving'})",
-            "free some space or point output.dir at another disk; checkpoints so far are kept",
-        )
-    return TrainingError(f"Training failed at step {step}: {type(exc).__name__}: {exc}", "")
-
-
 def _refuse_finished_run(run_dir: Path, cfg: RunConfig) -> None:
     """A finished run resumes only to a larger ``train.max_steps``: resuming it as it is would
     train past its end and change its adapter."""
