@@ -336,6 +336,9 @@ def fit_config(
     from qlora_studio.config import RunConfig
     from qlora_studio.core.errors import TrainingError
 
+    d = cfg.distributed
+    if d.strategy != "none" and d.world_size > 1:
+        return _check_each_gpu(info, cfg, available_bytes, longest, bf16_supported)
     if cfg.train.fit == "auto":
         choice = auto_fit(
             info, cfg, available_bytes, seq_len=longest or None, bf16_supported=bf16_supported
@@ -363,6 +366,39 @@ def fit_config(
     return cfg, ""
 
 
+def _check_each_gpu(
+    info: ModelInfo, cfg: RunConfig, available_bytes: int, longest: int, bf16_supported: bool
+) -> tuple[RunConfig, str]:
+    """Several processes: each GPU's share (``core/memory_shards.py``: ddp replicates, fsdp
+    and ZeRO-3 split) against ``available_bytes``, the least free of the GPUs used. Auto-fit
+    keeps the settings here: it searches one GPU's batch, not a shared one."""
+    from qlora_studio.core.errors import TrainingError
+    from qlora_studio.core.memory_shards import per_gpu_estimate
+
+    d = cfg.distributed
+    strategy = "fsdp" if d.shards_weights else "ddp"  # ZeRO-2 keeps every weight: as ddp
+    settings = Settings.from_config(cfg, device="cuda", bf16_supported=bf16_supported)
+    if longest:
+        settings.seq_len = min(settings.seq_len, longest)
+    share = per_gpu_estimate(info, settings, cfg.method, strategy, d.world_size)
+    each = (
+        f"{METHOD_LABELS[cfg.method]} with {d.strategy} over {d.world_size} processes needs "
+        f"~{format_gb(share.total_bytes, 1)} on each GPU"
+    )
+    if share.total_bytes > available_bytes:
+        hint = "lower train.batch_size or data.max_length"
+        if strategy == "ddp":
+            hint = (
+                "use distributed.strategy: fsdp, which splits the model across the GPUs, or " + hint
+            )
+        raise TrainingError(
+            f"{each}, and the GPU with the least free memory has {format_gb(available_bytes, 1)}",
+            f"{hint}; `qlora-studio estimate` with --strategy shows each GPU's terms",
+        )
+    kept = "; auto-fit keeps the settings with several processes" if cfg.train.fit == "auto" else ""
+    return cfg, f"Memory check: {each}{kept}"
+
+
 def fit_before_loading(
     cfg: RunConfig,
     model_dir: Path,
@@ -382,7 +418,12 @@ def fit_before_loading(
         if cfg.train.fit == "auto":
             report("Auto-fit: training on the CPU, no GPU memory to fit: the settings are kept")
         return cfg
-    memory = nvml_device_memory(0)
+    # the GPUs the run uses (distributed.gpus, or the first `processes`): the least free one
+    d = cfg.distributed
+    indices = d.gpu_indices or list(range(d.processes if d.world_size > 1 else 1))
+    readings = [(i, nvml_device_memory(i)) for i in indices]
+    known = [(i, m) for i, m in readings if m is not None]
+    index, memory = min(known, key=lambda r: r[1]["free"]) if known else (0, None)
     if memory is None:
         report("Memory check skipped: NVML cannot read the GPU's memory (nvidia-ml-py)")
         return cfg
@@ -395,7 +436,7 @@ def fit_before_loading(
     except StudioError as exc:
         report(f"Memory check skipped: the model could not be inspected ({exc.message})")
         return cfg
-    cfg, message = fit_config(info, cfg, memory["free"], longest, gpu_bf16_supported(0))
+    cfg, message = fit_config(info, cfg, memory["free"], longest, gpu_bf16_supported(index))
     if message:
         report(f"{message} ({format_gb(memory['free'], 1)} free on the GPU)")
     return cfg

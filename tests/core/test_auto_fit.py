@@ -185,3 +185,21 @@ def test_auto_fit_plans_with_the_gpus_bf16_support(llama8b):
     assert fit_config(llama8b, off, 32 * GB, 0, True) == (off, "")  # ~20 GB in bf16
     with pytest.raises(TrainingError, match="Full fine-tuning needs"):
         fit_config(llama8b, off, 32 * GB, 0, False)  # ~38 GB with fp32 weights
+
+
+def test_several_gpus_are_checked_by_each_gpus_share(llama8b):
+    # LoRA on the 8B at 2 x 2048 needs ~19.7 GB on one GPU: refused on a 16 GB card alone
+    cfg = config("lora", batch=2, fit="off")
+    with pytest.raises(TrainingError, match="LoRA needs ~"):
+        fit_config(llama8b, cfg, 16 * GB)
+    # fsdp over two 16 GB cards splits the weights: each needs ~14.3 GB, and the run goes on
+    cfg.distributed.strategy, cfg.distributed.processes = "fsdp", 2
+    cfg.validate()
+    kept, message = fit_config(llama8b, cfg, 16 * GB)
+    assert kept is cfg
+    assert message.startswith("Memory check: LoRA with fsdp over 2 processes needs ~14.")
+    # ddp copies the model to each GPU: still too big, and the hint says what would split it
+    cfg.distributed.strategy = "ddp"
+    with pytest.raises(TrainingError, match="on each GPU") as refused:
+        fit_config(llama8b, cfg, 16 * GB)
+    assert refused.value.hint.startswith("use distributed.strategy: fsdp")
