@@ -78,7 +78,7 @@ def run_estimate(args) -> int:
     from qlora_studio.core.fit import judge, system_ram_needed
     from qlora_studio.core.memory import estimate_memory
     from qlora_studio.core.memory_settings import Settings
-    from qlora_studio.core.memory_shards import gpus_needed, per_gpu_estimate
+    from qlora_studio.core.memory_shards import gpus_needed, per_gpu_estimate, sharded_as
     from qlora_studio.core.models.inspect import inspect_model
 
     try:
@@ -100,9 +100,7 @@ def run_estimate(args) -> int:
     if args.seq_len:
         settings.seq_len = args.seq_len
     methods = list(METHODS) if args.method == "all" else [args.method]
-    strategy = getattr(args, "strategy", None) or cfg.distributed.strategy
-    if strategy == "deepspeed":  # ZeRO-3 splits like fsdp, ZeRO-2 keeps every weight
-        strategy = "fsdp" if cfg.distributed.zero_stage == 3 else "ddp"
+    strategy = getattr(args, "strategy", None) or sharded_as(cfg.distributed)
     gpus = getattr(args, "gpus", None) or cfg.distributed.world_size
     report: dict[str, Any] = {
         "model": info.to_dict() | {"linear_layers": None},

@@ -373,10 +373,10 @@ def _check_each_gpu(
     and ZeRO-3 split) against ``available_bytes``, the least free of the GPUs used. Auto-fit
     keeps the settings here: it searches one GPU's batch, not a shared one."""
     from qlora_studio.core.errors import TrainingError
-    from qlora_studio.core.memory_shards import per_gpu_estimate
+    from qlora_studio.core.memory_shards import per_gpu_estimate, sharded_as
 
     d = cfg.distributed
-    strategy = "fsdp" if d.shards_weights else "ddp"  # ZeRO-2 keeps every weight: as ddp
+    strategy = sharded_as(d)
     settings = Settings.from_config(cfg, device="cuda", bf16_supported=bf16_supported)
     if longest:
         settings.seq_len = min(settings.seq_len, longest)

@@ -16,7 +16,7 @@ from qlora_studio.config import DistributedConfig, Method
 from qlora_studio.core.events import format_gb
 from qlora_studio.core.fit import FIT_SHARE
 from qlora_studio.core.memory_settings import Settings
-from qlora_studio.core.memory_shards import gpus_needed, per_gpu_estimate
+from qlora_studio.core.memory_shards import gpus_needed, per_gpu_estimate, sharded_as
 
 if TYPE_CHECKING:
     from qlora_studio.core.gpu import GpuInfo
@@ -44,7 +44,7 @@ class GpuPlan:
     """The run across this computer's GPUs, ready to show."""
 
     strategy: str  # distributed.strategy as configured
-    priced_as: str  # how its memory is priced: none | ddp | fsdp (see sharded_as)
+    priced_as: str  # how its memory is priced: none | ddp | fsdp (memory_shards.sharded_as)
     processes: int  # GPUs that share the run (distributed.world_size)
     need_bytes: int  # what each of them needs
     lines: list[GpuLine]
@@ -54,15 +54,6 @@ class GpuPlan:
     # the run as configured on GPUs of the judged kind: fits | tight | does not fit ("" unjudged)
     status: str = ""
     warnings: list[str] = field(default_factory=list)  # the config against these GPUs
-
-
-def sharded_as(distributed: DistributedConfig) -> str:
-    """How ``core/memory_shards.py`` prices the strategy: deepspeed ZeRO-3 splits the weights
-    as fsdp does; ZeRO-2 keeps the whole model on every GPU and is priced as ddp (it does split
-    the optimizer states, so that is the safe side)."""
-    if distributed.strategy == "deepspeed":
-        return "fsdp" if distributed.zero_stage == 3 else "ddp"
-    return distributed.strategy
 
 
 def strategy_label(distributed: DistributedConfig) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from qlora_studio.config import Method
+from qlora_studio.config import DistributedConfig, Method
 from qlora_studio.core.events import format_gb
 from qlora_studio.core.memory import SLACK, MemoryTerm, MethodEstimate, estimate_memory
 from qlora_studio.core.memory_settings import Settings, precision
@@ -38,6 +38,16 @@ _SHARDED = (
     "gradients",
     "optimizer states",
 )
+
+
+def sharded_as(distributed: DistributedConfig) -> str:
+    """How :func:`per_gpu_estimate` prices ``distributed.strategy``: none, ddp, or fsdp for
+    every strategy that splits the weights (fsdp, deepspeed ZeRO-3). ZeRO-2 keeps the whole
+    model on every GPU and is priced as ddp (it does split the optimizer states, so that is the
+    safe side)."""
+    if distributed.strategy == "none":
+        return "none"
+    return "fsdp" if distributed.shards_weights else "ddp"
 
 
 def per_gpu_estimate(
