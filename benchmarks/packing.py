@@ -281,20 +281,20 @@ def base_and_lora(cfg, model_dir: Path):
     the engine; the seed set before the adapters are made, so they start the same)."""
     import transformers
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
-    from qlora_studio.core.models.loading import compute_dtype_name, pick_device, torch_dtype
+    from qlora_studio.core.models.loading import (
+        compute_dtype_name,
+        pick_device,
+        quantization_config,
+        torch_dtype,
+    )
 
     device = pick_device(cfg.train.device)
     compute = torch_dtype(compute_dtype_name(cfg.quant.compute_dtype, device))
     kwargs: dict = {"dtype": compute}
     if cfg.method == "qlora":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=cfg.quant.quant_type,
-            bnb_4bit_use_double_quant=cfg.quant.double_quant,
-            bnb_4bit_compute_dtype=compute,
-        )
+        kwargs["quantization_config"] = quantization_config(cfg.quant, compute)
         kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     if cfg.method != "qlora":
@@ -384,17 +384,12 @@ def run_engine(cfg, warmup: int):
     device = pick_device(cfg.train.device)
     compute = torch_dtype(compute_dtype_name(cfg.quant.compute_dtype, device))
     if cfg.method == "qlora":
-        from transformers import BitsAndBytesConfig
+        from qlora_studio.core.models.loading import quantization_config
 
         base = AutoModelForCausalLM.from_pretrained(
             str(resolve_model(cfg.model.source)),
             dtype=compute,
-            quantization_config=BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type=cfg.quant.quant_type,
-                bnb_4bit_use_double_quant=cfg.quant.double_quant,
-                bnb_4bit_compute_dtype=compute,
-            ),
+            quantization_config=quantization_config(cfg.quant, compute),
             device_map={"": device},
         )
     else:

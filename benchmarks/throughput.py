@@ -100,11 +100,16 @@ def run_plain(cfg: RunConfig, warmup: int) -> dict:
     import bitsandbytes as bnb
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, get_scheduler
+    from transformers import AutoModelForCausalLM, get_scheduler
 
     from qlora_studio.core.data.batching import PaddingCollator
     from qlora_studio.core.data.prepare import prepare_dataset
-    from qlora_studio.core.models.loading import compute_dtype_name, pick_device, torch_dtype
+    from qlora_studio.core.models.loading import (
+        compute_dtype_name,
+        pick_device,
+        quantization_config,
+        torch_dtype,
+    )
     from qlora_studio.core.models.sources import load_tokenizer, resolve_model
 
     device = pick_device(cfg.train.device)
@@ -116,12 +121,7 @@ def run_plain(cfg: RunConfig, warmup: int) -> dict:
 
     kwargs = {"dtype": compute}
     if cfg.method == "qlora":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=cfg.quant.quant_type,
-            bnb_4bit_use_double_quant=cfg.quant.double_quant,
-            bnb_4bit_compute_dtype=compute,
-        )
+        kwargs["quantization_config"] = quantization_config(cfg.quant, compute)
         kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     if cfg.method != "qlora":
