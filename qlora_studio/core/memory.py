@@ -448,14 +448,20 @@ def estimate_memory(info: ModelInfo, settings: Settings, method: Method) -> Meth
         per_entry = TOKENIZER_BYTES_PER_ENTRY
         detail = f"fast tokenizer in RAM: ~{per_entry} B x {info.vocab_size:,} entries"
         terms.append(MemoryTerm("tokenizer", tokenizer, detail))
-    share = SLACK.get(settings.device, SLACK["cuda"])
-    detail = f"{share:.0%} of the allocated terms for fragmentation and cached blocks"
-    terms.append(MemoryTerm("allocator slack", int(share * allocated), detail))
+    terms.append(slack_term(settings.device, allocated))
     for term in terms:
         term.bytes = int(term.bytes)
     dominant = max(terms, key=lambda t: t.bytes).name
     total_bytes = sum(t.bytes for t in terms)
     return MethodEstimate(method, terms, total_bytes, trainable, dominant, [paged] if paged else [])
+
+
+def slack_term(device: str, allocated: float) -> MemoryTerm:
+    """The allocator's share on top of ``allocated`` bytes of terms: fragmentation and cached
+    blocks (CUDA's caching allocator, or glibc's heap on the CPU)."""
+    share = SLACK.get(device, SLACK["cuda"])
+    detail = f"{share:.0%} of the allocated terms for fragmentation and cached blocks"
+    return MemoryTerm("allocator slack", int(share * allocated), detail)
 
 
 def _activations_term(

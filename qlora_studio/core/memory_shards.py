@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from qlora_studio.config import DistributedConfig, Method
 from qlora_studio.core.events import format_gb
-from qlora_studio.core.memory import SLACK, MemoryTerm, MethodEstimate, estimate_memory
+from qlora_studio.core.memory import MemoryTerm, MethodEstimate, estimate_memory, slack_term
 from qlora_studio.core.memory_settings import Settings, precision
 
 if TYPE_CHECKING:
@@ -75,9 +75,7 @@ def per_gpu_estimate(
     else:
         raise ValueError(f"strategy {strategy!r} is not one of none, ddp, fsdp")
     allocated = sum(t.bytes for t in terms if t.name != "CUDA context")
-    share = SLACK.get(settings.device, SLACK["cuda"])
-    detail = f"{share:.0%} of the allocated terms for fragmentation and cached blocks"
-    terms.append(MemoryTerm("allocator slack", int(share * allocated), detail))
+    terms.append(slack_term(settings.device, allocated))
     dominant = max(terms, key=lambda t: t.bytes).name
     return MethodEstimate(
         single.method,
