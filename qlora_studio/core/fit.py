@@ -76,6 +76,13 @@ def _largest_fitting(
     return low
 
 
+def fit_status(need_bytes: float, free_bytes: float) -> str:
+    """ "fits" within 90% of ``free_bytes``, "tight" up to all of it, else "does not fit"."""
+    if need_bytes <= FIT_SHARE * free_bytes:
+        return "fits"
+    return "tight" if need_bytes <= free_bytes else "does not fit"
+
+
 def judge(
     estimate: MethodEstimate, info: ModelInfo, settings: Settings, available_bytes: int
 ) -> Verdict:
@@ -86,9 +93,7 @@ def judge(
     (when it does not fit comfortably) names what to change and what each change saves."""
     method, needed = estimate.method, estimate.total_bytes
     budget = FIT_SHARE * available_bytes
-    status = (
-        "fits" if needed <= budget else "tight" if needed <= available_bytes else "does not fit"
-    )
+    status = fit_status(needed, available_bytes)
     max_batch = _largest_fitting(info, settings, method, budget, "batch_size", 1 << 16)
     context = info.context_length or 1 << 20
     max_seq = _largest_fitting(info, settings, method, budget, "seq_len", context)

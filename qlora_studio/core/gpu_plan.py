@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from qlora_studio.config import DistributedConfig, Method
 from qlora_studio.core.events import format_gb
-from qlora_studio.core.fit import FIT_SHARE
+from qlora_studio.core.fit import FIT_SHARE, fit_status
 from qlora_studio.core.memory_settings import Settings
 from qlora_studio.core.memory_shards import gpus_needed, per_gpu_estimate, sharded_as
 
@@ -61,13 +61,6 @@ def strategy_label(distributed: DistributedConfig) -> str:
     if distributed.strategy == "deepspeed":
         return f"deepspeed ZeRO-{distributed.zero_stage}"
     return distributed.strategy
-
-
-def fit_status(need_bytes: int, free_bytes: int) -> str:
-    """ "fits" within 90% of ``free_bytes``, "tight" up to all of it, else "does not fit"."""
-    if need_bytes <= FIT_SHARE * free_bytes:
-        return "fits"
-    return "tight" if need_bytes <= free_bytes else "does not fit"
 
 
 def plan_gpus(

@@ -12,9 +12,9 @@ from tiny_models import LLAMA3_8B_CONFIG
 
 from qlora_studio.config import DistributedConfig
 from qlora_studio.core.events import format_gb
-from qlora_studio.core.fit import FIT_SHARE
+from qlora_studio.core.fit import FIT_SHARE, fit_status
 from qlora_studio.core.gpu import GIB, GpuInfo
-from qlora_studio.core.gpu_plan import fit_status, plan_gpus
+from qlora_studio.core.gpu_plan import plan_gpus
 from qlora_studio.core.memory import estimate_memory
 from qlora_studio.core.memory_settings import Settings
 from qlora_studio.core.memory_shards import gpus_needed, per_gpu_estimate, sharded_as
