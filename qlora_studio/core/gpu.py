@@ -290,17 +290,18 @@ def _size_bytes(spec: str) -> int | None:
     return size if size > 0 else None
 
 
-def resolve_gpu(spec: str) -> GpuInfo:
+def resolve_gpu(spec: str, gpus: list[GpuInfo] | None = None) -> GpuInfo:
     """The GPU ``spec`` names: "auto" (the first GPU NVML sees, with its free memory),
     "cuda:N" (GPU N), a catalogue card ("RTX 4090", "4090", "a100-80gb"; case, spaces and
     "NVIDIA"/"GeForce"/"RTX" do not matter) or a size ("24GB", "24 GiB", "12g", "16000MB").
     Catalogue and custom GPUs count all their memory as free: the desktop and other apps are
-    not counted. Raises :class:`StudioError` with a hint when nothing matches."""
+    not counted. ``gpus`` are NVML's GPUs when the caller has read them already (default: read
+    them now). Raises :class:`StudioError` with a hint when nothing matches."""
     text = (spec or "").strip()
     index = re.fullmatch(r"(?:auto|cuda(?::(\d+))?)", text.lower())
     if not text or index:
         wanted = int(index.group(1)) if index and index.group(1) else 0
-        gpus = list_gpus()
+        gpus = list_gpus() if gpus is None else gpus
         found = [gpu for gpu in gpus if gpu.index == wanted]
         if found:
             return found[0]

@@ -6,7 +6,6 @@ computer's GPUs against the run's ``distributed`` settings and how many GPUs it 
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -131,16 +130,6 @@ class MemoryPage(Page):
             return str(self.gpu_combo.itemData(index))
         return self.gpu_combo.currentText().strip() or "auto"
 
-    def _judged_gpu(self, gpus: list[GpuInfo]) -> GpuInfo:
-        """The GPU the combo names: one of ``gpus`` (NVML's, read once per refresh) for
-        "cuda:N", else a catalogue card or a typed size."""
-        from qlora_studio.core.gpu import resolve_gpu
-
-        spec = self._gpu_spec()
-        index = re.fullmatch(r"cuda:(\d+)", spec.lower())
-        found = [gpu for gpu in gpus if index and gpu.index == int(index.group(1))]
-        return found[0] if found else resolve_gpu(spec)
-
     def on_shown(self) -> None:
         self.refresh()
 
@@ -152,6 +141,7 @@ class MemoryPage(Page):
     def refresh(self) -> None:
         from qlora_studio.core.errors import StudioError
         from qlora_studio.core.fit import judge
+        from qlora_studio.core.gpu import resolve_gpu
         from qlora_studio.core.memory import estimate_memory
         from qlora_studio.core.memory_settings import Settings
 
@@ -161,7 +151,7 @@ class MemoryPage(Page):
             return
         gpus = self.read_gpus()
         try:
-            gpu = self._judged_gpu(gpus)
+            gpu = resolve_gpu(self._gpu_spec(), gpus)  # NVML read once per refresh
         except StudioError as exc:
             self.gpu_line.setText(f"<span style='color:#b00020'>{exc.message}</span> {exc.hint}")
             return
