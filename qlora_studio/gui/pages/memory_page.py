@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 
 from qlora_studio.config import METHOD_LABELS, METHODS
 from qlora_studio.core.events import GB, format_gb
+from qlora_studio.core.gpu import list_gpus  # stdlib only at import: NVML loads on use
 from qlora_studio.gui.charts import PALETTE
 from qlora_studio.gui.pages.base import ERROR_COLOUR, Page, error_html
 
@@ -38,18 +39,12 @@ STATUS_COLOUR = {"fits": "#1b7f3b", "tight": "#b8860b", "does not fit": "#b00020
 UNUSED_COLOUR = "#777"  # a GPU the run leaves alone
 
 
-def _nvml_gpus() -> list[GpuInfo]:
-    from qlora_studio.core.gpu import list_gpus
-
-    return list_gpus()
-
-
 class MemoryPage(Page):
     title = "Memory"
 
     def __init__(self, state, parent=None, read_gpus: Callable[[], list[GpuInfo]] | None = None):
         super().__init__(state, parent)
-        self.read_gpus = read_gpus or _nvml_gpus  # NVML's GPUs; a test passes its own
+        self.read_gpus = read_gpus or list_gpus  # NVML's GPUs; a test passes its own
         self.estimates: dict = {}
         self.verdicts: dict = {}
         self.plan: GpuPlan | None = None

@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
 
 from qlora_studio import config as C
 from qlora_studio.core.events import format_gb
+from qlora_studio.core.gpu import list_gpus  # stdlib only at import: NVML loads on use
 from qlora_studio.gui import theme
 from qlora_studio.gui.pages.base import ERROR_COLOUR, Page
 
@@ -171,12 +172,6 @@ def deepspeed_installed() -> bool:
     return importlib.util.find_spec("deepspeed") is not None
 
 
-def _nvml_gpus() -> list[GpuInfo]:
-    from qlora_studio.core.gpu import list_gpus
-
-    return list_gpus()
-
-
 def _tooltip(section: str, name: str) -> str:
     """The config field's name (as in the YAML and ``--set``), its help and its memory note."""
     text = f"{section}.{name}: {C.field_help(section, name)}"
@@ -244,7 +239,7 @@ class SettingsPage(Page):
         super().__init__(state, parent)
         self._loading = False
         self.editors: dict[tuple[str, str], QWidget] = {}
-        self.read_gpus = read_gpus or _nvml_gpus  # NVML's GPUs; a test passes its own
+        self.read_gpus = read_gpus or list_gpus  # NVML's GPUs; a test passes its own
 
         self.layout_.addWidget(self._essentials())
         self.message = QLabel("")  # a validation error, under the fields most edited
