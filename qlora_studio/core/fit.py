@@ -426,8 +426,7 @@ def fit_before_loading(
     # the GPUs the run uses (distributed.gpus, or the first `processes`): the least free one
     d = cfg.distributed
     indices = d.gpu_indices or list(range(d.processes if d.world_size > 1 else 1))
-    readings = [(i, nvml_device_memory(i)) for i in indices]
-    known = [(i, m) for i, m in readings if m is not None]
+    known = [(i, m) for i in indices if (m := nvml_device_memory(i)) is not None]
     index, memory = min(known, key=lambda r: r[1]["free"]) if known else (0, None)
     if memory is None:
         report("Memory check skipped: NVML cannot read the GPU's memory (nvidia-ml-py)")
