@@ -361,9 +361,10 @@ def test_demo_config_on_the_cpu(repo_root):
         assert _bytes(e, "logits and loss") == 256 * 262144 * 8 + hidden
 
 
-def test_memory_module_does_not_import_torch():
+@pytest.mark.parametrize("module", ["memory", "memory_shards", "gpu_plan"])
+def test_the_planning_modules_do_not_import_torch(module):
     code = (
-        "import sys, qlora_studio.core.memory\n"
+        f"import sys, qlora_studio.core.{module}\n"
         "print([m for m in ('torch', 'transformers', 'peft') if m in sys.modules])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
