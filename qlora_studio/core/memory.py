@@ -191,7 +191,8 @@ def _layer_bytes_per_token(info: ModelInfo, settings: Settings, method: Method) 
     else:
         targeted = targeted_layers(info, settings.lora_targets)
         dropout = settings.lora_dropout > 0
-        extra = _saved_linear_inputs(info, targeted, copies=dropout) * (p.adapter + dropout)
+        mask = 1 if dropout else 0  # dropout's bool mask, 1 B per saved value
+        extra = _saved_linear_inputs(info, targeted, copies=dropout) * (p.adapter + mask)
         for g in targeted:
             per_module = p.adapter * settings.lora_r
             if settings.use_dora:
